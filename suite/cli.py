@@ -1,0 +1,82 @@
+"""`pdsuite` command line. Each command imports its stage lazily so `pdsuite --help` stays fast.
+
+Errors a user can fix (bad settings, bad plan, bad input) are printed as one line with a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def fail(msg: str, code: int = 2) -> None:
+    typer.echo(f"pdsuite: error: {msg}", err=True)
+    raise typer.Exit(code)
+
+
+@app.command()
+def gen(check: bool = typer.Option(False, help="Only check the committed files are up to date.")) -> None:
+    """Write docker-compose.yml and .env.example from the deployment catalog and settings."""
+    from suite.config import env_example
+    from suite.deploy.compose import render
+
+    stale = []
+    for path, text in ((ROOT / "docker-compose.yml", render()), (ROOT / ".env.example", env_example())):
+        if check:
+            if not path.is_file() or path.read_text() != text:
+                stale.append(path.name)
+        else:
+            path.write_text(text)
+            typer.echo(f"wrote {path.relative_to(ROOT)}")
+    if stale:
+        fail(f"{', '.join(stale)} out of date: run `pdsuite gen`", 1)
+
+
+@app.command()
+def deployments(backend: str = typer.Option("", help="gpu, emu or cpu; empty = all")) -> None:
+    """List deployments (compose profiles): engines, roles, GPUs, router."""
+    from suite.deploy.catalog import deployments as catalog
+
+    for name, d in catalog().items():
+        if backend and d.backend.value != backend:
+            continue
+        engines = ", ".join(f"{e.name}({e.role.value}, tp{e.tp})" for e in d.engines)
+        typer.echo(f"{name:28} {engines}{' + router' if d.router else ''}")
+
+
+def _register_stage_commands() -> None:
+    """Commands owned by the stage packages (one line each)."""
+    import importlib
+
+    for module in ("suite.doctor", "suite.emulator.cli", "suite.load.cli", "suite.normalise.cli",
+                   "suite.report.cli", "suite.runner.cli", "suite.kvprofile.cli"):
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name != module:  # a real missing dependency, not an unwritten stage
+                raise
+            continue
+        mod.register(app)
+
+
+_register_stage_commands()
+
+
+def main() -> None:
+    from suite.config import ConfigError
+
+    try:
+        app()
+    except ConfigError as e:
+        typer.echo(f"pdsuite: error: {e}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

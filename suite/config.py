@@ -1,0 +1,158 @@
+"""Every user-facing setting, in one place.
+
+`Settings` is the single source for `.env.example` (generated, with the descriptions below) and for the
+defaults written into `docker-compose.yml` (`${VAR:-default}`), so the three can never drift apart.
+Values come from the process environment first, then `.env`, then these defaults.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from pathlib import Path
+
+from dotenv import dotenv_values
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+
+# Settings that hold secrets: read from the environment, never written to compose, logs or results.
+SECRET_SETTINGS = frozenset({"HF_TOKEN"})
+
+
+class ConfigError(ValueError):
+    """A bad setting; the CLI prints it as one line and exits non-zero."""
+
+
+def _port(default: int, what: str):
+    return Field(default, ge=1, le=65535, description=what)
+
+
+class Settings(BaseModel):
+    model_config = {"extra": "forbid", "frozen": True}
+
+    # --- model -------------------------------------------------------------------------------------
+    MODEL: str = Field(
+        "meta-llama/Llama-3.1-8B-Instruct",
+        description="Hugging Face model id (or a path inside the model cache) served by every deployment.",
+    )
+    MAX_MODEL_LEN: int = Field(16384, ge=256, description="Max context length passed to the engines.")
+    HF_TOKEN: str = Field("", description="Token for gated models. Read from the environment; never stored.")
+    MODEL_CACHE_DIR: str = Field(
+        "~/.cache/huggingface", description="Host folder mounted as the shared Hugging Face cache."
+    )
+    GPU_MEMORY_FRACTION: float = Field(
+        0.85, gt=0.1, le=0.98, description="Fraction of each GPU's memory the engine may take."
+    )
+    LOAD_FORMAT: str = Field(
+        "auto", pattern=r"^(auto|dummy|safetensors)$",
+        description="auto = real weights; dummy = random weights (timing only).",
+    )
+    # --- GPUs --------------------------------------------------------------------------------------
+    PREFILL_GPU: int = Field(0, ge=0, description="Host GPU index of the prefill engine (replica 0 / TP rank 0).")
+    DECODE_GPU: int = Field(1, ge=0, description="Host GPU index of the decode engine (replica 1 / TP rank 1).")
+    # --- network -----------------------------------------------------------------------------------
+    BIND_ADDRESS: str = Field("127.0.0.1", description="Address every server binds to. 0.0.0.0 exposes them.")
+    ENDPOINT_PORT: int = _port(8000, "The one OpenAI-compatible endpoint every deployment serves.")
+    ENGINE_A_PORT: int = _port(8100, "Port of the prefill engine (or replica 0) behind the router.")
+    ENGINE_B_PORT: int = _port(8200, "Port of the decode engine (or replica 1) behind the router.")
+    ROUTER_METRICS_PORT: int = _port(29000, "Prometheus port of the router.")
+    LOCUST_WEB_PORT: int = _port(8089, "Locust web UI.")
+    LOCUST_WORKERS: int = Field(2, ge=1, le=64, description="Locust worker processes started by `make locust`.")
+    # --- images ------------------------------------------------------------------------------------
+    VLLM_IMAGE: str = Field("vllm/vllm-openai:v0.33.0", description="vLLM engine image.")
+    SGLANG_IMAGE: str = Field("lmsysorg/sglang:v0.5.23", description="SGLang engine image.")
+    ROUTER_IMAGE: str = Field("pdsuite/router:local",
+                              description="Image with vllm-router and sglang-router (images/router).")
+    SUITE_IMAGE: str = Field("pdsuite/suite:local",
+                             description="Image with the suite, Locust and the emulator (images/suite).")
+    VLLM_CPU_IMAGE: str = Field("pdsuite/vllm-cpu:local", description="Image with real vLLM for CPU (images/vllm-cpu).")
+    VLLM_ROUTER_VERSION: str = Field("0.1.17", description="vllm-router version baked into ROUTER_IMAGE.")
+    SGLANG_ROUTER_VERSION: str = Field("0.3.2", description="sglang-router version baked into ROUTER_IMAGE.")
+    # --- P/D transfer ------------------------------------------------------------------------------
+    VLLM_KV_CONNECTOR: str = Field("NixlConnector", description="vLLM KV connector for P/D.")
+    VLLM_NIXL_PORT_PREFILL: int = _port(5600, "NIXL side-channel port of the vLLM prefill engine.")
+    VLLM_NIXL_PORT_DECODE: int = _port(5601, "NIXL side-channel port of the vLLM decode engine.")
+    SGLANG_TRANSFER_BACKEND: str = Field(
+        "nixl",
+        pattern=r"^(mooncake|nixl|mooncake_tcp|mori|ascend)$",
+        description="SGLang --disaggregation-transfer-backend (nixl is reliable on one host).",
+    )
+    SGLANG_BOOTSTRAP_PORT: int = _port(8998, "SGLang prefill bootstrap server port.")
+    SGLANG_NCCL_PORT_A: int = _port(31000, "SGLang --nccl-port of engine A.")
+    SGLANG_NCCL_PORT_B: int = _port(31100, "SGLang --nccl-port of engine B.")
+    # --- extra engine arguments ----------------------------------------------------------------------
+    VLLM_EXTRA_ARGS: str = Field("", description="Appended to every vLLM engine command line.")
+    SGLANG_EXTRA_ARGS: str = Field("", description="Appended to every SGLang engine command line.")
+    ENGINE_START_PERIOD_S: int = Field(900, ge=30, description="Health-check grace period for model load.")
+    # --- emulator ----------------------------------------------------------------------------------
+    EMU_HARDWARE: str = Field("h100", description="Emulator hardware profile (see docs/emulator.md).")
+    EMU_MODEL_CONFIG: str = Field("llama-3.1-8b",
+                                  description="Emulator model config: a bundled name or a config.json path.")
+
+    @field_validator("BIND_ADDRESS")
+    @classmethod
+    def _ip(cls, v: str) -> str:
+        ipaddress.ip_address(v)  # raises ValueError with a clear message
+        return v
+
+    @field_validator("VLLM_EXTRA_ARGS", "SGLANG_EXTRA_ARGS")
+    @classmethod
+    def _no_forbidden(cls, v: str) -> str:
+        if "--disable-log-stats" in v:
+            raise ValueError("--disable-log-stats switches off the engine metrics the suite measures")
+        return v
+
+    @model_validator(mode="after")
+    def _gpus(self) -> Settings:
+        if self.PREFILL_GPU >= self.DECODE_GPU:
+            # P/D and TP=2 containers see both GPUs in PCI order and pick theirs by ordinal (0 = prefill).
+            raise ValueError("PREFILL_GPU must be a lower GPU index than DECODE_GPU")
+        ports = [self.ENDPOINT_PORT, self.ENGINE_A_PORT, self.ENGINE_B_PORT, self.ROUTER_METRICS_PORT,
+                 self.VLLM_NIXL_PORT_PREFILL, self.VLLM_NIXL_PORT_DECODE, self.SGLANG_BOOTSTRAP_PORT,
+                 self.SGLANG_NCCL_PORT_A, self.SGLANG_NCCL_PORT_B]
+        dup = {p for p in ports if ports.count(p) > 1}
+        if dup:
+            raise ValueError(f"ports must be distinct, used twice: {sorted(dup)}")
+        return self
+
+    def public(self) -> dict[str, object]:
+        """Values safe to record with results (secrets masked)."""
+        return {k: ("***" if k in SECRET_SETTINGS and v else v) for k, v in self.model_dump().items()}
+
+
+def load_settings(env_file: str | Path | None = ".env", environ: dict[str, str] | None = None) -> Settings:
+    """Environment > .env > defaults. Raises ConfigError with a one-line message on a bad value."""
+    environ = dict(os.environ if environ is None else environ)
+    values: dict[str, str] = {}
+    if env_file and Path(env_file).is_file():
+        values.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
+    known = Settings.model_fields
+    values.update({k: v for k, v in environ.items() if k in known})
+    unknown = [k for k in values if k not in known]
+    if unknown:
+        raise ConfigError(f"{env_file}: unknown setting {unknown[0]!r} (see .env.example)")
+    try:
+        return Settings(**values)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(x) for x in err["loc"]) or "settings"
+        raise ConfigError(f"bad setting {where}: {err['msg']}") from None
+
+
+def env_example() -> str:
+    """Render `.env.example` from the Settings model (tests keep the committed file identical)."""
+    lines = ["# pdsuite settings. Copy to .env and edit; the environment overrides this file.",
+             "# Generated by `pdsuite gen` from suite/config.py - edit the descriptions there.", ""]
+    for name, field in Settings.model_fields.items():
+        lines.append(f"# {field.description}")
+        lines.append(f"{name}={'' if name in SECRET_SETTINGS else field.default}")
+    return "\n".join(lines) + "\n"
+
+
+_VAR = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
+
+
+def expand(text: str, settings: Settings) -> str:
+    """Resolve compose-style ${VAR} / ${VAR:-default} references against settings (for parser proofs)."""
+    values = settings.model_dump()
+    return _VAR.sub(lambda m: str(values.get(m.group(1), m.group(2) or "")), text)

@@ -1,0 +1,47 @@
+"""Every deployment the suite knows: framework x topology x backend, built from one table of topologies."""
+
+from __future__ import annotations
+
+from functools import cache
+
+from suite.deploy.model import Backend, Deployment, Engine, Role, Topology
+from suite.frameworks.base import all_frameworks
+
+PAIR = ("PREFILL_GPU", "DECODE_GPU")
+
+# Engines of each topology. Engines that exchange KV (disagg) or shard a model (tp2) see both GPUs, in PCI
+# order, and pick theirs by CUDA ordinal; so PREFILL_GPU must be the lower index (checked in Settings).
+TOPOLOGIES: dict[Topology, tuple[tuple[Engine, ...], bool]] = {
+    Topology.DISAGG: ((Engine(name="prefill", role=Role.PREFILL, port_var="ENGINE_A_PORT", gpu_vars=PAIR,
+                              cuda_devices="0", index=0),
+                       Engine(name="decode", role=Role.DECODE, port_var="ENGINE_B_PORT", gpu_vars=PAIR,
+                              cuda_devices="1", index=1)), True),
+    Topology.COLOCATED: ((Engine(name="engine", role=Role.COLOCATED, port_var="ENDPOINT_PORT",
+                                 gpu_vars=PAIR[:1], cuda_devices="0"),), False),
+    Topology.TP2: ((Engine(name="engine", role=Role.COLOCATED, port_var="ENDPOINT_PORT", gpu_vars=PAIR,
+                           cuda_devices="0,1", tp=2),), False),
+    Topology.DP2: ((Engine(name="replica0", role=Role.COLOCATED, port_var="ENGINE_A_PORT", gpu_vars=PAIR[:1],
+                           cuda_devices="0", index=0),
+                    Engine(name="replica1", role=Role.COLOCATED, port_var="ENGINE_B_PORT", gpu_vars=PAIR[1:],
+                           cuda_devices="0", index=1)), True),
+}
+
+
+@cache
+def deployments() -> dict[str, Deployment]:
+    out: dict[str, Deployment] = {}
+    for backend in (Backend.GPU, Backend.EMU, Backend.CPU):
+        for fw in all_frameworks():
+            for topo, (engines, router) in TOPOLOGIES.items():
+                if backend is Backend.CPU and topo not in fw.cpu_topologies:
+                    continue
+                d = Deployment(framework=fw.name, topology=topo, backend=backend, engines=engines, router=router)
+                out[d.name] = d
+    return out
+
+
+def get(name: str) -> Deployment:
+    try:
+        return deployments()[name]
+    except KeyError:
+        raise ValueError(f"unknown deployment {name!r}; known: {', '.join(deployments())}") from None

@@ -1,0 +1,81 @@
+"""What a deployment is: engines with roles and GPU pins, an optional router, one endpoint.
+
+Framework modules turn these into command lines; `compose.py` turns them into compose services; the runner
+and the report read the same objects. Nothing here knows about a particular framework.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import BaseModel, Field
+
+
+class Role(StrEnum):
+    PREFILL = "prefill"
+    DECODE = "decode"
+    COLOCATED = "colocated"  # prefill and decode on the same engine
+    ROUTER = "router"
+
+
+class Backend(StrEnum):
+    """Where the engines come from. Only GPU uses the frameworks' engine images."""
+
+    GPU = "gpu"  # real engines on GPUs
+    CPU = "cpu"  # real vLLM on CPU (no GPU needed)
+    EMU = "emu"  # the suite's stand-in engine; everything it produces is labelled "emulated"
+
+
+class Topology(StrEnum):
+    DISAGG = "disagg"  # 1 prefill + 1 decode engine, one GPU each, KV moved between them
+    COLOCATED = "colocated"  # one TP=1 engine on one GPU
+    TP2 = "tp2"  # one TP=2 engine over both GPUs
+    DP2 = "dp2"  # two TP=1 replicas behind the router
+
+
+class Engine(BaseModel):
+    model_config = {"frozen": True}
+
+    name: str  # service suffix: prefill, decode, engine, replica0, ...
+    role: Role
+    port_var: str  # Settings field holding its port
+    gpu_vars: tuple[str, ...]  # Settings fields holding host GPU indices it needs (reserved for the container)
+    cuda_devices: str  # CUDA ordinals inside the container (all reserved GPUs are visible, PCI order)
+    tp: int = 1
+    index: int = 0  # 0 for engine A, 1 for engine B (selects per-side ports)
+
+
+class Deployment(BaseModel):
+    model_config = {"frozen": True}
+
+    framework: str
+    topology: Topology
+    backend: Backend
+    engines: tuple[Engine, ...]
+    router: bool = Field(description="a router serves the endpoint (P/D and replicas)")
+
+    @property
+    def name(self) -> str:
+        """Compose profile name, e.g. vllm-disagg, emu-sglang-dp2, cpu-vllm-colocated."""
+        base = f"{self.framework}-{self.topology.value}"
+        return base if self.backend is Backend.GPU else f"{self.backend.value}-{base}"
+
+    @property
+    def emulated(self) -> bool:
+        return self.backend is Backend.EMU
+
+    @property
+    def gpus_needed(self) -> int:
+        return len({g for e in self.engines for g in e.gpu_vars}) if self.backend is Backend.GPU else 0
+
+    def service(self, part: str) -> str:
+        return f"{self.name}-{part}"
+
+    @property
+    def endpoint_service(self) -> str:
+        return self.service("router") if self.router else self.service(self.engines[0].name)
+
+    @property
+    def services(self) -> list[str]:
+        names = [self.service(e.name) for e in self.engines]
+        return names + ([self.service("router")] if self.router else [])

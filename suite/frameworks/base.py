@@ -1,0 +1,95 @@
+"""The contract every framework module fulfils, and the registry that finds them.
+
+A framework module (vllm.py, sglang.py) is the only place that knows a framework's command lines, metric names
+and units, and request quirks. Everything else asks `get(name)`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from suite.deploy.model import Backend, Deployment, Engine, Role, Topology
+
+
+@dataclass(frozen=True)
+class MetricMap:
+    """One normalised metric drawn from one native Prometheus family.
+
+    scale converts the native unit to the schema's unit (seconds, bytes, bytes/s);
+    labels selects series (e.g. {"source": "external_kv_transfer"}).
+    """
+
+    native: str
+    scale: float = 1.0
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+class Framework:
+    name: ClassVar[str]
+    image_setting: ClassVar[str]  # Settings field naming the engine image
+    extra_args_setting: ClassVar[str]
+    entrypoint: ClassVar[list[str] | None]  # None: keep the image's entrypoint
+    cpu_topologies: ClassVar[tuple[Topology, ...]] = ()  # topologies with a real CPU backend
+    health_path: ClassVar[str] = "/health"
+    # normalised metric name -> native family (engine /metrics and router /metrics)
+    engine_metrics: ClassVar[dict[str, MetricMap]]
+    router_metrics: ClassVar[dict[str, MetricMap]]
+    # label that tells an engine's role in its own metrics, if any (SGLang: engine_type)
+    role_label: ClassVar[str | None] = None
+
+    # ---- deployment -----------------------------------------------------------------------------
+    def engine_args(self, dep: Deployment, eng: Engine) -> list[str]:
+        """Arguments after the image entrypoint, with ${SETTING} references compose resolves."""
+        raise NotImplementedError
+
+    def engine_env(self, dep: Deployment, eng: Engine) -> dict[str, str]:
+        return {}
+
+    def router_args(self, dep: Deployment) -> list[str]:
+        """Full router command line (router image has both routers on PATH)."""
+        raise NotImplementedError
+
+    def setup_services(self, dep: Deployment) -> dict[str, dict]:
+        """Extra one-shot services that engines wait for (e.g. a NIXL presence check)."""
+        return {}
+
+    def emulator_args(self, dep: Deployment, eng: Engine) -> list[str]:
+        """Hand-off options the stand-in engine needs to speak this framework's P/D protocol."""
+        return []
+
+
+_REGISTRY: dict[str, Framework] = {}
+FRAMEWORK_MODULES = ("suite.frameworks.vllm", "suite.frameworks.sglang")
+
+
+def register(cls: type[Framework]) -> type[Framework]:
+    _REGISTRY[cls.name] = cls()
+    return cls
+
+
+def get(name: str) -> Framework:
+    _load()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown framework {name!r}; known: {', '.join(sorted(_REGISTRY))}") from None
+
+
+def all_frameworks() -> list[Framework]:
+    _load()
+    return list(_REGISTRY.values())
+
+
+def _load() -> None:
+    import importlib
+
+    for module in FRAMEWORK_MODULES:  # each registers itself on import
+        importlib.import_module(module)
+
+
+def url(port_setting: str) -> str:
+    return f"http://${{BIND_ADDRESS}}:${{{port_setting}}}"
+
+
+__all__ = ["Backend", "Deployment", "Engine", "Framework", "MetricMap", "Role", "Topology", "get", "register", "url"]
