@@ -1,0 +1,55 @@
+# pdsuite - see README.md. Every target works from a fresh clone; setup steps are idempotent.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+PDSUITE := $(BIN)/pdsuite
+COMPOSE := docker compose
+PLAN    ?= plans/exp3-compare.yaml
+DEPLOYMENTS := vllm-disagg vllm-colocated vllm-tp2 vllm-dp2 sglang-disagg sglang-colocated sglang-tp2 sglang-dp2
+
+.PHONY: help venv gen lint test test-unit test-integration test-docker demo bench report kvprobe doctor \
+        locust down ps logs clean $(addprefix up-,$(DEPLOYMENTS))
+
+help:  ## list targets
+	@grep -hE '^[a-zA-Z_%-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
+
+# ---- environment ---------------------------------------------------------------------------------
+$(BIN)/pdsuite: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q -e '.[dev]'
+	@touch $@
+
+venv: $(BIN)/pdsuite  ## the suite's own venv (.venv)
+
+gen: venv  ## regenerate docker-compose.yml and .env.example from suite/
+	$(PDSUITE) gen
+
+lint: venv  ## ruff + generated files up to date
+	$(BIN)/ruff check .
+	$(PDSUITE) gen --check
+
+# ---- tests ---------------------------------------------------------------------------------------
+test-unit: venv  ## fast unit tests (< 2 min, no Docker, no engines)
+	$(BIN)/pytest -q -m "not integration and not docker"
+
+# ---- GPU stack -----------------------------------------------------------------------------------
+$(addprefix up-,$(DEPLOYMENTS)): up-%: venv  ## up-<framework>-<deployment>: start a deployment, wait healthy
+	$(PDSUITE) doctor --profile $*
+	$(COMPOSE) --profile $* up -d --wait
+
+down:  ## stop every profile (always safe to run)
+	COMPOSE_PROFILES='*' $(COMPOSE) down --remove-orphans --timeout 30
+
+ps:  ## containers of every profile
+	COMPOSE_PROFILES='*' $(COMPOSE) ps -a
+
+logs:  ## follow logs of every running service
+	COMPOSE_PROFILES='*' $(COMPOSE) logs -f --tail 100
+
+doctor: venv  ## check Docker, GPUs, NVLink, ports, model access (PROFILE=vllm-disagg)
+	$(PDSUITE) doctor $(if $(PROFILE),--profile $(PROFILE))
+
+locust:  ## Locust master + workers (web UI on 127.0.0.1:8089) against the endpoint of the running deployment
+	$(COMPOSE) --profile locust up -d --wait
