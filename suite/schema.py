@@ -16,6 +16,7 @@ raw .prom files and in `native` maps. Bump SCHEMA_VERSION on any incompatible ch
 
 from __future__ import annotations
 
+import itertools
 from enum import StrEnum
 
 from pydantic import BaseModel, Field
@@ -67,7 +68,7 @@ class RequestRecord(BaseModel):
     @property
     def itl_s(self) -> list[float]:
         t = self.token_times_s
-        return [b - a for a, b in zip(t, t[1:], strict=False)]
+        return [b - a for a, b in itertools.pairwise(t)]
 
     @property
     def tpot_s(self) -> float | None:

@@ -80,7 +80,8 @@ def size_model(cfg: dict, name: str = "model") -> ModelSize:
     heads = _req(cfg, "num_attention_heads", name)
     kv_heads = cfg.get("num_key_value_heads") or heads
     if heads % kv_heads:
-        raise ModelConfigError(f"{name}: num_attention_heads {heads} is not a multiple of num_key_value_heads {kv_heads}")
+        raise ModelConfigError(f"{name}: num_attention_heads {heads} is not a multiple of "
+                               f"num_key_value_heads {kv_heads}")
     head_dim = cfg.get("head_dim") or hidden // heads
     vocab = _req(cfg, "vocab_size", name)
     inter = _req(cfg, "intermediate_size", name)
