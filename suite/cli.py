@@ -54,7 +54,7 @@ def _register_stage_commands() -> None:
     """Commands owned by the stage packages (one line each)."""
     import importlib
 
-    for module in ("suite.doctor", "suite.emulator.cli", "suite.load.cli", "suite.normalise.cli",
+    for module in ("suite.doctor", "suite.cpu.cli", "suite.emulator.cli", "suite.load.cli", "suite.normalise.cli",
                    "suite.report.cli", "suite.runner.cli", "suite.kvprofile.cli"):
         try:
             mod = importlib.import_module(module)
