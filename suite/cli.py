@@ -59,7 +59,7 @@ def _register_stage_commands() -> None:
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as e:
-            if e.name != module:  # a real missing dependency, not an unwritten stage
+            if not (module == e.name or module.startswith(f"{e.name}.")):  # a missing dependency, not a stage
                 raise
             continue
         mod.register(app)

@@ -6,6 +6,7 @@ from functools import cache
 
 from suite.deploy.model import Backend, Deployment, Engine, Role, Topology
 from suite.frameworks.base import all_frameworks
+from suite.frameworks.base import get as get_framework
 
 PAIR = ("PREFILL_GPU", "DECODE_GPU")
 
@@ -45,3 +46,12 @@ def get(name: str) -> Deployment:
         return deployments()[name]
     except KeyError:
         raise ValueError(f"unknown deployment {name!r}; known: {', '.join(deployments())}") from None
+
+
+def port_settings(dep: Deployment) -> list[str]:
+    """Settings naming every port the deployment opens (for the doctor's busy-port check)."""
+    fw = get_framework(dep.framework)
+    ports = {e.port_var for e in dep.engines} | ({"ENDPOINT_PORT", "ROUTER_METRICS_PORT"} if dep.router else set())
+    for eng in dep.engines:
+        ports.update(fw.extra_ports(dep, eng))
+    return sorted(ports)

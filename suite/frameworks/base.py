@@ -58,6 +58,10 @@ class Framework:
         """Hand-off options the stand-in engine needs to speak this framework's P/D protocol."""
         return []
 
+    def extra_ports(self, dep: Deployment, eng: Engine) -> list[str]:
+        """Settings naming ports the engine opens besides its HTTP port (side channels, bootstrap, NCCL)."""
+        return []
+
 
 _REGISTRY: dict[str, Framework] = {}
 FRAMEWORK_MODULES = ("suite.frameworks.vllm", "suite.frameworks.sglang")
