@@ -7,7 +7,7 @@ bootstrap_host/port/room. Metrics need --enable-metrics; KV-transfer metrics are
 
 from __future__ import annotations
 
-from suite.frameworks.base import Deployment, Engine, Framework, MetricMap, Role, Topology, register, url
+from suite.frameworks.base import Backend, Deployment, Engine, Framework, MetricMap, Role, Topology, register, url
 
 NCCL_PORT = ("SGLANG_NCCL_PORT_A", "SGLANG_NCCL_PORT_B")
 MS, MB, GB = 1e-3, 1e6, 1e9
@@ -20,6 +20,7 @@ class SGLang(Framework):
     extra_args_setting = "SGLANG_EXTRA_ARGS"
     entrypoint = ["python3", "-m", "sglang.launch_server"]
     role_label = "engine_type"
+    role_values = {"unified": "colocated"}
 
     def engine_args(self, dep: Deployment, eng: Engine) -> list[str]:
         args = ["--model-path", "${MODEL}", "--served-model-name", "${MODEL}",
@@ -59,6 +60,10 @@ class SGLang(Framework):
             return ["--bootstrap-port", "${SGLANG_BOOTSTRAP_PORT}"]
         return []
 
+    def extra_ports(self, dep: Deployment, eng: Engine) -> list[str]:
+        ports = ["SGLANG_BOOTSTRAP_PORT"] if eng.role is Role.PREFILL else []
+        return ports + ([NCCL_PORT[eng.index]] if dep.backend is Backend.GPU else [])
+
     # ---- metrics: SGLang reports KV transfer in ms, MB and GB/s --------------------------------------
     engine_metrics = {
         "ttft_s": MetricMap("sglang:time_to_first_token_seconds"),
@@ -79,8 +84,8 @@ class SGLang(Framework):
         "requests_completed": MetricMap("sglang:num_requests"),
         "requests_running": MetricMap("sglang:num_running_reqs"),
         "requests_waiting": MetricMap("sglang:num_queue_reqs"),
-        "cache_hit_ratio": MetricMap("sglang:cache_hit_rate"),
-        "kv_cache_usage_ratio": MetricMap("sglang:token_usage"),
+        "cache_hit_ratio": MetricMap("sglang:cache_hit_rate", agg="mean"),
+        "kv_cache_usage_ratio": MetricMap("sglang:token_usage", agg="mean"),
     }
     router_metrics = {
         "router_requests": MetricMap("smg_router_requests"),

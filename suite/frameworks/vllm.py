@@ -82,6 +82,9 @@ class VLLM(Framework):
     def emulator_args(self, dep: Deployment, eng: Engine) -> list[str]:
         return ["--kv-port", f"${{{NIXL_PORT[eng.role]}}}"] if eng.role in NIXL_PORT else []
 
+    def extra_ports(self, dep: Deployment, eng: Engine) -> list[str]:
+        return [NIXL_PORT[eng.role]] if eng.role in NIXL_PORT and dep.backend is not Backend.CPU else []
+
     # ---- metrics (engine /metrics; counters carry _total) -----------------------------------------
     engine_metrics = {
         "ttft_s": MetricMap("vllm:time_to_first_token_seconds"),
@@ -107,7 +110,7 @@ class VLLM(Framework):
         "requests_completed": MetricMap("vllm:request_success"),
         "requests_running": MetricMap("vllm:num_requests_running"),
         "requests_waiting": MetricMap("vllm:num_requests_waiting"),
-        "kv_cache_usage_ratio": MetricMap("vllm:kv_cache_usage_perc"),
+        "kv_cache_usage_ratio": MetricMap("vllm:kv_cache_usage_perc", agg="mean"),
     }
     router_metrics = {
         "router_requests": MetricMap("vllm_router_requests"),
