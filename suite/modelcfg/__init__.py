@@ -79,10 +79,14 @@ def size_model(cfg: dict, name: str = "model") -> ModelSize:
     layers = _req(cfg, "num_hidden_layers", name)
     heads = _req(cfg, "num_attention_heads", name)
     kv_heads = cfg.get("num_key_value_heads") or heads
+    if not isinstance(kv_heads, int) or kv_heads <= 0:
+        raise ModelConfigError(f"{name}: num_key_value_heads must be a positive integer (got {kv_heads!r})")
     if heads % kv_heads:
         raise ModelConfigError(f"{name}: num_attention_heads {heads} is not a multiple of "
                                f"num_key_value_heads {kv_heads}")
     head_dim = cfg.get("head_dim") or hidden // heads
+    if not isinstance(head_dim, int) or head_dim <= 0:
+        raise ModelConfigError(f"{name}: head_dim must be a positive integer (got {head_dim!r})")
     vocab = _req(cfg, "vocab_size", name)
     inter = _req(cfg, "intermediate_size", name)
     dtype = str(cfg.get("torch_dtype") or cfg.get("dtype") or "bfloat16")
