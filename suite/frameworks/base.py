@@ -17,12 +17,14 @@ class MetricMap:
     """One normalised metric drawn from one native Prometheus family.
 
     scale converts the native unit to the schema's unit (seconds, bytes, bytes/s);
-    labels selects series (e.g. {"source": "external_kv_transfer"}).
+    labels selects series (e.g. {"source": "external_kv_transfer"});
+    agg combines the selected series of a gauge (sum for counts, mean for ratios); counters and histograms sum.
     """
 
     native: str
     scale: float = 1.0
     labels: dict[str, str] = field(default_factory=dict)
+    agg: str = "sum"  # sum | mean | max
 
 
 class Framework:
@@ -37,6 +39,7 @@ class Framework:
     router_metrics: ClassVar[dict[str, MetricMap]]
     # label that tells an engine's role in its own metrics, if any (SGLang: engine_type)
     role_label: ClassVar[str | None] = None
+    role_values: ClassVar[dict[str, str]] = {}  # role_label value -> Role value where they differ
 
     # ---- deployment -----------------------------------------------------------------------------
     def engine_args(self, dep: Deployment, eng: Engine) -> list[str]:
