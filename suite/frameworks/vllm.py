@@ -13,8 +13,19 @@ from suite.frameworks.base import Backend, Deployment, Engine, Framework, Metric
 KV_ROLE = {Role.PREFILL: "kv_producer", Role.DECODE: "kv_consumer"}
 NIXL_PORT = {Role.PREFILL: "VLLM_NIXL_PORT_PREFILL", Role.DECODE: "VLLM_NIXL_PORT_DECODE"}
 CPU_MODEL_DIR = "/models/tiny-llama"  # built by `pdsuite tiny-model` inside images/vllm-cpu
-CPU_KV_DIR = "/kv"  # ExampleConnector's shared storage (a volume both CPU engines mount)
+CPU_KV_DIR = "/kv"
+CPU_MAX_MODEL_LEN = 1024  # the tiny CPU model's context  # ExampleConnector's shared storage (a volume both CPU engines mount)
 NIXL_MIN_VERSION = "1.5.0"
+
+# Emulator metric tables (below): label names and bucket sets as vLLM 0.32/0.33 defines them.
+_EL = ("engine", "model_name")
+_TTFT_B = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0,
+           80.0, 160.0, 640.0, 2560.0)
+_ITL_B = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0)
+_REQ_B = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0, 480.0,
+          960.0, 1920.0, 7680.0)
+_TOK_B = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
+_NIXL_T = (0.001, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 5.0)
 
 
 @register
@@ -40,7 +51,7 @@ class VLLM(Framework):
                 "--host", "${BIND_ADDRESS}", "--port", f"${{{eng.port_var}}}",
                 "--tensor-parallel-size", str(eng.tp)]
         if cpu:
-            args += ["--max-model-len", "1024", "--load-format", "dummy", "--enforce-eager"]
+            args += ["--max-model-len", str(CPU_MAX_MODEL_LEN), "--load-format", "dummy", "--enforce-eager"]
         else:
             args += ["--max-model-len", "${MAX_MODEL_LEN}", "--gpu-memory-utilization", "${GPU_MEMORY_FRACTION}",
                      "--load-format", "${LOAD_FORMAT}"]
@@ -82,6 +93,9 @@ class VLLM(Framework):
     def emulator_args(self, dep: Deployment, eng: Engine) -> list[str]:
         return ["--kv-port", f"${{{NIXL_PORT[eng.role]}}}"] if eng.role in NIXL_PORT else []
 
+    def max_model_len(self, dep: Deployment, settings) -> int:
+        return CPU_MAX_MODEL_LEN if dep.backend is Backend.CPU else settings.MAX_MODEL_LEN
+
     def extra_ports(self, dep: Deployment, eng: Engine) -> list[str]:
         return [NIXL_PORT[eng.role]] if eng.role in NIXL_PORT and dep.backend is not Backend.CPU else []
 
@@ -112,6 +126,76 @@ class VLLM(Framework):
         "requests_waiting": MetricMap("vllm:num_requests_waiting"),
         "kv_cache_usage_ratio": MetricMap("vllm:kv_cache_usage_perc", agg="mean"),
     }
+    # ---- stand-in engine (suite/emulator): families it exposes, exactly as vLLM names, labels and buckets them
+    # (checked against ../shared/fixtures by tests/unit/test_emulator_metrics.py; NIXL ones from vLLM's
+    # nixl_connector.py NixlPromMetrics). key -> (family, type, help, label names, buckets, scale from s/bytes).
+    emulator_handoff = "nixl_pull"  # D pulls the KV from P's side channel named in P's kv_transfer_params
+    emulator_error_style = "nested"  # {"error": {"message", "type", "param", "code"}}
+    emulator_metrics = {
+        "ttft_s": ("vllm:time_to_first_token_seconds", "histogram", "Histogram of time to first token in seconds.",
+                   _EL, _TTFT_B),
+        "itl_s": ("vllm:inter_token_latency_seconds", "histogram", "Histogram of inter-token latency in seconds.",
+                  _EL, _ITL_B),
+        "tpot_s": ("vllm:request_time_per_output_token_seconds", "histogram",
+                   "Histogram of time_per_output_token_seconds per request.", _EL, _ITL_B),
+        "e2e_s": ("vllm:e2e_request_latency_seconds", "histogram", "Histogram of e2e request latency in seconds.",
+                  _EL, _REQ_B),
+        "queue_s": ("vllm:request_queue_time_seconds", "histogram",
+                    "Histogram of time spent in WAITING phase for request.", _EL, _REQ_B),
+        "inference_s": ("vllm:request_inference_time_seconds", "histogram",
+                        "Histogram of time spent in RUNNING phase for request.", _EL, _REQ_B),
+        "prefill_s": ("vllm:request_prefill_time_seconds", "histogram",
+                      "Histogram of time spent in PREFILL phase for request.", _EL, _REQ_B),
+        "decode_s": ("vllm:request_decode_time_seconds", "histogram",
+                     "Histogram of time spent in DECODE phase for request.", _EL, _REQ_B),
+        "request_prompt_tokens": ("vllm:request_prompt_tokens", "histogram", "Number of prefill tokens processed.",
+                                  _EL, _TOK_B),
+        "request_generation_tokens": ("vllm:request_generation_tokens", "histogram",
+                                      "Number of generation tokens processed.", _EL, _TOK_B),
+        "request_max_tokens": ("vllm:request_params_max_tokens", "histogram",
+                               "Histogram of the max_tokens request parameter.", _EL, _TOK_B),
+        "iteration_tokens": ("vllm:iteration_tokens_total", "histogram",
+                             "Histogram of number of tokens per engine_step.", _EL,
+                             (1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)),
+        "prompt_tokens": ("vllm:prompt_tokens", "counter", "Number of prefill tokens processed.", _EL, ()),
+        "generation_tokens": ("vllm:generation_tokens", "counter", "Number of generation tokens processed.", _EL, ()),
+        "prompt_tokens_by_source": ("vllm:prompt_tokens_by_source", "counter", "Number of prompt tokens by source.",
+                                    (*_EL, "source"), ()),
+        "request_success": ("vllm:request_success", "counter", "Count of successfully processed requests.",
+                            (*_EL, "finished_reason"), ()),
+        "prefix_cache_queries": ("vllm:prefix_cache_queries", "counter",
+                                 "Prefix cache queries, in terms of number of queried tokens.", _EL, ()),
+        "prefix_cache_hits": ("vllm:prefix_cache_hits", "counter",
+                              "Prefix cache hits, in terms of number of cached tokens.", _EL, ()),
+        "running": ("vllm:num_requests_running", "gauge", "Number of requests in model execution batches.", _EL, ()),
+        "waiting": ("vllm:num_requests_waiting", "gauge", "Number of requests waiting to be processed.", _EL, ()),
+        "kv_usage": ("vllm:kv_cache_usage_perc", "gauge", "KV-cache usage. 1 means 100 percent usage.", _EL, ()),
+        # NIXL: registered on P and D, observed on D (the reading side)
+        "kv_xfer_s": ("vllm:nixl_xfer_time_seconds", "histogram",
+                      "Histogram of transfer duration for NIXL KV Cache transfers.", _EL, _NIXL_T[1:]),
+        "kv_post_s": ("vllm:nixl_post_time_seconds", "histogram",
+                      "Histogram of transfer post time for NIXL KV Cache transfers.", _EL, _NIXL_T),
+        "kv_bytes": ("vllm:nixl_bytes_transferred", "histogram",
+                     "Histogram of bytes transferred per NIXL KV Cache transfers.", _EL,
+                     tuple(2 ** (10 + i) for i in range(1, 25, 2))),
+        "kv_descriptors": ("vllm:nixl_num_descriptors", "histogram",
+                           "Histogram of number of descriptors per NIXL  KV Cache transfers.", _EL,
+                           (10, 20, 30, 50, 75, 100, 200, 400, 1000, 2000, 4000, 10000, 20000, 50000)),
+        "kv_failed": ("vllm:nixl_num_failed_transfers", "counter", "Number of failed NIXL KV Cache transfers.",
+                      _EL, ()),
+        "kv_failed_notifications": ("vllm:nixl_num_failed_notifications", "counter",
+                                    "Number of failed NIXL KV Cache notifications.", _EL, ()),
+    }
+    # names of the hand-off fields (vllm-router / toy proxy kv_transfer_params)
+    emulator_handoff_fields = {"params": "kv_transfer_params", "decode_flag": "do_remote_decode",
+                               "prefill_flag": "do_remote_prefill", "engine_id": "remote_engine_id",
+                               "host": "remote_host", "port": "remote_port", "blocks": "remote_block_ids",
+                               "request_id": "remote_request_id"}
+    emulator_block_size = 16  # vLLM's GPU KV block size (tokens per block)
+
+    def emulator_labels(self, role: Role, model: str) -> dict[str, str]:
+        return {"engine": "0", "model_name": model}
+
     router_metrics = {
         "router_requests": MetricMap("vllm_router_requests"),
         "router_pd_requests": MetricMap("vllm_router_pd_requests"),

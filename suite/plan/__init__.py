@@ -1,0 +1,138 @@
+"""Experiment plans: YAML naming deployments, a workload, load points and repetitions.
+
+    name: exp3-compare
+    deployments: [vllm-colocated, vllm-disagg]      # GPU names; `--backend emu|cpu` picks their twins
+    workload: {...}                                   # a suite.load.spec.LoadSpec
+    points:                                           # each one deep-merged over `workload`
+      - {arrival: {rate: 2}}
+      - {arrival: {rate: 6}}
+    repetitions: 3
+    warmup_requests: 8
+
+Everything is validated before anything starts (`load_plan` raises PlanError with one line).
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, Field, ValidationError
+
+from suite.config import Settings
+
+PLAN_DIR = Path(__file__).resolve().parent.parent.parent / "plans"
+
+
+class PlanError(ValueError):
+    """A plan that cannot run; the message is one line."""
+
+
+class Plan(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    name: str = Field(pattern=r"^[A-Za-z0-9._-]+$")
+    description: str = ""
+    deployments: list[str] = Field(min_length=1)
+    backend: str | None = Field(None, pattern=r"^(gpu|emu|cpu)$", description="override the deployments' backend")
+    workload: dict = Field(default_factory=dict)
+    points: list[dict] = Field(default_factory=lambda: [{}])
+    repetitions: int = Field(1, ge=1, le=100)
+    warmup_requests: int = Field(4, ge=0)
+    on_failure: str = Field("continue", pattern=r"^(continue|stop)$")
+    point_timeout_s: float = Field(900, gt=0, description="hard limit for one load point")
+    up_timeout_s: float = Field(1800, gt=0, description="limit for a deployment to become healthy")
+    settings: dict[str, str | int | float] = Field(default_factory=dict, description="Settings overrides")
+
+    def resolved_deployments(self, backend: str | None = None) -> list[str]:
+        backend = backend or self.backend
+        out = []
+        for name in self.deployments:
+            base = name.split("-", 1)[1] if name.startswith(("emu-", "cpu-")) else name
+            out.append(base if backend in (None, "gpu") else f"{backend}-{base}")
+        return out
+
+    def point_specs(self) -> list[tuple[str, dict]]:
+        """(label, workload dict) for every load point, in order."""
+        return [(point_label(p), deep_merge(self.workload, p)) for p in self.points]
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if k == "label":
+            continue
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def point_label(point: dict) -> str:
+    if "label" in point:
+        return str(point["label"])
+
+    def flat(d: dict, prefix: str = "") -> list[str]:
+        items = []
+        for k, v in d.items():
+            items += flat(v, f"{prefix}{k}.") if isinstance(v, dict) else [f"{prefix}{k}={v}"]
+        return items
+
+    return ",".join(flat(point)).replace("/", "_") or "default"
+
+
+def find_plan(ref: str | Path) -> Path:
+    p = Path(ref)
+    for cand in (p, PLAN_DIR / p, PLAN_DIR / f"{ref}.yaml"):
+        if cand.is_file():
+            return cand
+    known = ", ".join(sorted(x.stem for x in PLAN_DIR.glob("*.yaml")))
+    raise PlanError(f"no plan {str(ref)!r}; bundled plans: {known}")
+
+
+def load_plan(ref: str | Path, settings: Settings, backend: str | None = None,
+              gpus_present: int | None = None) -> Plan:
+    """Parse and validate a plan against the catalog, the settings and (for GPU runs) the host's GPU count."""
+    from suite.deploy.catalog import deployments
+
+    path = find_plan(ref)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise PlanError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise PlanError(f"{path}: a plan is a YAML mapping")
+    try:
+        plan = Plan(**raw)
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise PlanError(f"{path}: {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+
+    catalog = deployments()
+    for name in plan.resolved_deployments(backend):
+        if name not in catalog:
+            raise PlanError(f"{path}: unknown deployment {name!r} (see `pdsuite deployments`)")
+        need = catalog[name].gpus_needed
+        if gpus_present is not None and need > gpus_present:
+            raise PlanError(f"{path}: {name} needs {need} GPUs, this host has {gpus_present}")
+    labels = [label for label, _ in plan.point_specs()]
+    if len(set(labels)) != len(labels):
+        raise PlanError(f"{path}: two load points share the label {labels[0]!r}; give them distinct labels")
+    for label, spec in plan.point_specs():
+        validate_workload(spec, settings, plan.resolved_deployments(backend), where=f"{path}: point {label}")
+    return plan
+
+
+def validate_workload(spec: dict, settings: Settings, deployment_names: list[str], where: str) -> None:
+    """The load stage's own validation (LoadSpec) plus limits that depend on the deployment."""
+    from suite.deploy.catalog import deployments
+    from suite.frameworks.base import get as get_framework
+    from suite.load.spec import LoadSpec
+
+    for name in deployment_names:
+        dep = deployments()[name]
+        limit = get_framework(dep.framework).max_model_len(dep, settings)
+        try:
+            LoadSpec(**(spec | {"max_model_len": min(limit, spec.get("max_model_len") or limit)}))
+        except (ValidationError, ValueError) as e:
+            msg = e.errors()[0]["msg"] if isinstance(e, ValidationError) else str(e)
+            raise PlanError(f"{where} on {name}: {msg.removeprefix('Value error, ')}") from None

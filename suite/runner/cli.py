@@ -1,0 +1,87 @@
+"""`pdsuite run PLAN`: validate the plan, then run it with a progress bar; `--resume` continues a run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def latest_run(out_root: Path, plan_name: str) -> Path | None:
+    runs = sorted(p for p in (out_root / plan_name).glob("*") if (p / "manifest.json").is_file())
+    return runs[-1] if runs else None
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def run(plan: str = typer.Argument(..., help="Plan file or bundled name (plans/*.yaml)"),
+            backend: str = typer.Option("", help="gpu | emu | cpu: run the plan's deployments on this backend"),
+            driver: str = typer.Option("compose", help="compose (Docker) | process (emulated only, no Docker)"),
+            workers: int = typer.Option(2, min=1, max=64, help="Load-generator worker processes"),
+            out: Path = typer.Option(Path("results"), help="Results root"),
+            resume: str = typer.Option("", help="Results folder to continue, or 'latest'"),
+            env_file: str = typer.Option(".env", help="Settings file"),
+            validate_only: bool = typer.Option(False, "--validate", help="Only validate the plan")) -> None:
+        """Run an experiment plan: every deployment up -> warm-up -> load points -> down."""
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        from suite.config import load_settings
+        from suite.plan import PlanError, load_plan
+        from suite.runner.drivers import DRIVERS
+        from suite.runner.run import run_plan
+
+        def fail(msg: str) -> None:
+            typer.echo(f"pdsuite: error: {msg}", err=True)
+            raise typer.Exit(2)
+
+        if backend not in ("", "gpu", "emu", "cpu"):
+            fail(f"unknown backend {backend!r}: gpu, emu or cpu")
+        if driver not in DRIVERS:
+            fail(f"unknown driver {driver!r}: {', '.join(DRIVERS)}")
+        settings = load_settings(env_file)
+        try:
+            p = load_plan(plan, settings, backend or None)
+            names = p.resolved_deployments(backend or None)
+            gpu = [n for n in names if not n.startswith(("emu-", "cpu-"))]
+            if gpu:
+                p = load_plan(plan, settings, backend or None, gpus_present=_gpu_count())
+        except PlanError as e:
+            fail(str(e))
+        if driver == "process" and any(not n.startswith("emu-") for n in names):
+            fail("--driver process runs emulated deployments only; add --backend emu or use Docker")
+        resume_dir = None
+        if resume:
+            resume_dir = latest_run(out, p.name) if resume == "latest" else Path(resume)
+            if resume_dir is None or not (resume_dir / "manifest.json").is_file():
+                fail(f"nothing to resume: {resume}")
+        if validate_only:
+            typer.echo(f"plan {p.name}: {len(names)} deployments x {len(p.points)} points x {p.repetitions} reps: ok")
+            return
+
+        with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                      TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()) as bar:
+            task = bar.add_task(p.name, total=len(names) * len(p.points) * p.repetitions)
+
+            def progress(msg: str, done: int, total: int) -> None:
+                bar.update(task, description=f"{p.name} | {msg}", completed=done, total=total)
+
+            try:
+                state = run_plan(p, settings, out, backend=backend or None, driver_kind=driver, workers=workers,
+                                 resume=resume_dir, progress=progress)
+            except KeyboardInterrupt:
+                typer.echo("pdsuite: interrupted; completed points are kept - continue with --resume latest",
+                           err=True)
+                raise typer.Exit(130) from None
+        typer.echo(f"results: {state.out}")
+        if state.failed:
+            typer.echo(f"pdsuite: {len(state.failed)} point(s) failed, e.g. {state.failed[0]} "
+                       f"(see point.json there)", err=True)
+            raise typer.Exit(1)
+
+
+def _gpu_count() -> int:
+    from suite.doctor import Probe, parse_gpus
+
+    rc, out = Probe().run("nvidia-smi", "--query-gpu=index,name,memory.total,memory.used",
+                          "--format=csv,noheader,nounits")
+    return len(parse_gpus(out)) if rc == 0 else 0

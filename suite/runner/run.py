@@ -1,0 +1,264 @@
+"""Execute a plan: for each deployment up -> warm-up -> points (scrape, load, scrape) -> logs -> down.
+
+Guarantees:
+- a point's folder appears only when the point is finished (written as `<rep>.partial`, then renamed), so a
+  crash or Ctrl-C never leaves a half point that looks complete; `--resume` skips finished points;
+- a dead engine or router fails the point with its last log lines, the deployment's remaining points are
+  recorded as failed, and the plan continues or stops per `on_failure`; `down` always runs;
+- time outside load generation is measured (timings in manifest.json) so the overhead budget can be checked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from suite import __version__
+from suite.config import Settings
+from suite.deploy.catalog import get as get_deployment
+from suite.plan import Plan
+from suite.runner.drivers import DeployError, Driver, make_driver
+from suite.schema import PointResult, RunManifest, Workload
+
+LOG_TAIL = 40
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Atomic: a reader sees the old file or the new one, never half of one."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+@dataclass
+class Timings:
+    up_s: float = 0.0  # deployment start incl. model load (excluded from the overhead budget)
+    warmup_s: float = 0.0
+    load_s: float = 0.0  # inside load generation
+    scrape_s: float = 0.0
+    down_s: float = 0.0
+    wall_s: float = 0.0
+
+    @property
+    def overhead_ratio(self) -> float:
+        """Share of the plan's wall time (model load excluded) spent outside load generation."""
+        base = self.wall_s - self.up_s
+        return 0.0 if base <= 0 else (base - self.load_s) / base
+
+    def as_dict(self) -> dict:
+        return self.__dict__ | {"overhead_ratio": round(self.overhead_ratio, 4)}
+
+
+@dataclass
+class RunState:
+    out: Path
+    done: int = 0
+    failed: list[str] = field(default_factory=list)
+    timings: Timings = field(default_factory=Timings)
+
+
+def run_plan(plan: Plan, settings: Settings, out_root: Path, *, backend: str | None = None,
+             driver_kind: str = "compose", workers: int = 2, resume: Path | None = None,
+             progress: Callable[[str, int, int], None] | None = None) -> RunState:
+    """Run every point of every deployment; returns where results went and what failed."""
+    from suite.scrape import snapshot
+
+    t_plan = time.monotonic()
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    out = resume or out_root / plan.name / stamp
+    out.mkdir(parents=True, exist_ok=True)
+    names = plan.resolved_deployments(backend)
+    state = RunState(out=out)
+    manifest = RunManifest(plan=plan.name, stamp=out.name, suite_version=__version__, settings=settings.public(),
+                           emulated=any(get_deployment(n).emulated for n in names))
+    if not (out / "manifest.json").is_file():
+        write_json(out / "manifest.json", manifest.model_dump() | {"plan_spec": plan.model_dump(), "status": "running"})
+    (out / "plan.json").write_text(plan.model_dump_json(indent=2))
+
+    points = plan.point_specs()
+    total = len(names) * len(points) * plan.repetitions
+    try:
+        for name in names:
+            todo = [(label, spec, rep) for label, spec in points for rep in range(plan.repetitions)
+                    if not (out / name / label / f"rep{rep}").is_dir()]
+            state.done += len(points) * plan.repetitions - len(todo)
+            if not todo:
+                continue
+            stop = _run_deployment(plan, settings, name, todo, out, driver_kind, workers, state, snapshot,
+                                   lambda msg: progress and progress(msg, state.done, total))
+            if stop:
+                break
+    finally:
+        state.timings.wall_s = time.monotonic() - t_plan
+        status = "complete" if not state.failed and state.done == total else (
+            "partial" if state.done else "failed")
+        data = json.loads((out / "manifest.json").read_text())
+        prev = data.get("timings", {})
+        t = state.timings.as_dict()
+        if prev:  # a resumed run adds to what earlier attempts measured
+            t = {k: (prev.get(k, 0) + v if k != "overhead_ratio" else v) for k, v in t.items()}
+        write_json(out / "manifest.json", data | {"status": status, "ended_at": now(), "timings": t,
+                                                  "failed_points": state.failed})
+    return state
+
+
+def _run_deployment(plan: Plan, settings: Settings, name: str, todo: list, out: Path, driver_kind: str,
+                    workers: int, state: RunState, snapshot, progress) -> bool:
+    """Returns True when the plan must stop."""
+    dep_dir = out / name
+    dep_dir.mkdir(parents=True, exist_ok=True)
+    driver = make_driver(driver_kind, name, settings, dep_dir / "logs")
+    t0 = time.monotonic()
+    try:
+        progress(f"{name}: starting")
+        try:
+            driver.down()  # a leftover stack from a crashed run would hold the ports
+            driver.up(plan.up_timeout_s)
+        except DeployError as e:
+            for label, _spec, rep in todo:
+                _write_failed(plan, settings, name, label, rep, out, f"deployment did not start: {e}", {})
+                state.failed.append(f"{name}/{label}/rep{rep}")
+                state.done += 1
+            return plan.on_failure == "stop"
+        finally:
+            state.timings.up_s += time.monotonic() - t0
+        t1 = time.monotonic()
+        if plan.warmup_requests:
+            progress(f"{name}: warm-up")
+            _warmup(plan, settings, driver, todo[0][1], dep_dir, workers)
+        state.timings.warmup_s += time.monotonic() - t1
+
+        broken = None
+        for label, spec, rep in todo:
+            progress(f"{name}: {label} rep{rep}")
+            if broken:
+                _write_failed(plan, settings, name, label, rep, out, broken, {})
+                state.failed.append(f"{name}/{label}/rep{rep}")
+                state.done += 1
+                continue
+            ok, failure = _run_point(plan, settings, driver, name, label, spec, rep, out, workers, state, snapshot)
+            state.done += 1
+            if not ok:
+                state.failed.append(f"{name}/{label}/rep{rep}")
+                if driver.dead():
+                    broken = f"skipped: the deployment broke at {label} rep{rep} ({failure})"
+                if plan.on_failure == "stop":
+                    return True
+        return False
+    finally:
+        t2 = time.monotonic()
+        _save_logs(driver, dep_dir / "logs")
+        driver.down()
+        state.timings.down_s += time.monotonic() - t2
+
+
+def _point_result(plan: Plan, settings: Settings, name: str, label: str, rep: int, spec: dict,
+                  driver: Driver | None) -> PointResult:
+    from suite.load.spec import LoadSpec
+
+    dep = get_deployment(name)
+    try:
+        workload = LoadSpec(**spec).to_workload()
+    except Exception:
+        workload = Workload(arrival=str(spec.get("arrival", {}).get("kind", "?")))
+    services = {s.name: s.role for s in driver.services} if driver else {}
+    return PointResult(deployment=name, framework=dep.framework, topology=dep.topology.value,
+                       backend=dep.backend.value, emulated=dep.emulated, point=label, repetition=rep,
+                       workload=workload, started_at=now(), services=services)
+
+
+def _run_point(plan: Plan, settings: Settings, driver: Driver, name: str, label: str, spec: dict, rep: int,
+               out: Path, workers: int, state: RunState, snapshot) -> tuple[bool, str | None]:
+    from suite.load import run_load
+    from suite.load.spec import LoadSpec
+
+    final = out / name / label / f"rep{rep}"
+    tmp = final.with_name(final.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    result = _point_result(plan, settings, name, label, rep, spec, driver)
+    urls = {s.name: s.metrics_url for s in driver.services}
+    failure = None
+    try:
+        t = time.monotonic()
+        snapshot(urls, tmp / "metrics" / "before")
+        state.timings.scrape_s += time.monotonic() - t
+        t = time.monotonic()
+        summary = run_load(driver.endpoint, settings.MODEL, LoadSpec(**spec), tmp, workers=workers,
+                           timeout_s=plan.point_timeout_s)
+        result.load_wall_s = time.monotonic() - t
+        state.timings.load_s += result.load_wall_s
+        result.native["load_summary"] = _as_dict(summary)
+        t = time.monotonic()
+        snapshot(urls, tmp / "metrics" / "after")
+        state.timings.scrape_s += time.monotonic() - t
+    except KeyboardInterrupt:
+        shutil.rmtree(tmp, ignore_errors=True)  # an interrupted point is re-run on resume
+        raise
+    except Exception as e:  # load or scrape broke: record it, keep going
+        failure = f"{type(e).__name__}: {e}".splitlines()[0]
+    dead = driver.dead()
+    if dead:
+        failure = f"{dead[0]} died during the point" + (f" ({failure})" if failure else "")
+        result.native["last_logs"] = {d: driver.logs(d, LOG_TAIL) for d in dead}
+        _save_logs(driver, tmp / "logs", only=dead)
+    result.status = "failed" if failure else "ok"
+    result.failure = failure
+    result.ended_at = now()
+    write_json(tmp / "point.json", result.model_dump(mode="json"))
+    os.replace(tmp, final)
+    return failure is None, failure
+
+
+def _write_failed(plan, settings, name, label, rep, out: Path, why: str, spec: dict) -> None:
+    final = out / name / label / f"rep{rep}"
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(final.name + ".partial")
+    tmp.mkdir(parents=True, exist_ok=True)
+    specs = dict(plan.point_specs())
+    result = _point_result(plan, settings, name, label, rep, specs.get(label, spec), None)
+    result.status, result.failure, result.ended_at = "failed", why.splitlines()[0][:500], now()
+    write_json(tmp / "point.json", result.model_dump(mode="json"))
+    os.replace(tmp, final)
+
+
+def _warmup(plan: Plan, settings: Settings, driver: Driver, spec: dict, dep_dir: Path, workers: int) -> None:
+    """A few requests of every class before measuring (includes the first NIXL handshake); kept, not reported."""
+    from suite.load import run_load
+    from suite.load.spec import LoadSpec
+
+    warm = spec | {"arrival": {"kind": "concurrency", "concurrency": 2}, "num_requests": plan.warmup_requests,
+                   "duration_s": None}
+    wdir = dep_dir / "warmup"
+    wdir.mkdir(exist_ok=True)
+    try:
+        run_load(driver.endpoint, settings.MODEL, LoadSpec(**warm), wdir, workers=1, timeout_s=plan.point_timeout_s)
+    except Exception as e:  # a failed warm-up shows up again in the first point; note it and go on
+        (wdir / "error.txt").write_text(f"{type(e).__name__}: {e}\n")
+
+
+def _save_logs(driver: Driver, where: Path, only: list[str] | None = None) -> None:
+    where.mkdir(parents=True, exist_ok=True)
+    for s in driver.services:
+        if only is None or s.name in only:
+            text = driver.logs(s.name, 100_000)
+            if text:
+                (where / f"{s.name}.log").write_text(text)
+
+
+def _as_dict(obj) -> dict:
+    if hasattr(obj, "model_dump"):
+        return obj.model_dump(mode="json")
+    if hasattr(obj, "__dict__"):
+        return dict(obj.__dict__)
+    return {"value": str(obj)}
