@@ -13,8 +13,8 @@ from suite.frameworks.base import Backend, Deployment, Engine, Framework, Metric
 KV_ROLE = {Role.PREFILL: "kv_producer", Role.DECODE: "kv_consumer"}
 NIXL_PORT = {Role.PREFILL: "VLLM_NIXL_PORT_PREFILL", Role.DECODE: "VLLM_NIXL_PORT_DECODE"}
 CPU_MODEL_DIR = "/models/tiny-llama"  # built by `pdsuite tiny-model` inside images/vllm-cpu
-CPU_KV_DIR = "/kv"
-CPU_MAX_MODEL_LEN = 1024  # the tiny CPU model's context  # ExampleConnector's shared storage (a volume both CPU engines mount)
+CPU_KV_DIR = "/kv"  # ExampleConnector's shared storage (a volume both CPU engines mount)
+CPU_MAX_MODEL_LEN = 1024  # the tiny CPU model's context
 NIXL_MIN_VERSION = "1.5.0"
 
 # Emulator metric tables (below): label names and bucket sets as vLLM 0.32/0.33 defines them.
