@@ -22,12 +22,13 @@ def fail(msg: str, code: int = 2) -> None:
 
 @app.command()
 def gen(check: bool = typer.Option(False, help="Only check the committed files are up to date.")) -> None:
-    """Write docker-compose.yml and .env.example from the deployment catalog and settings."""
-    from suite.config import env_example
+    """Write docker-compose.yml, .env.example and docs/configuration.md from the catalog and settings."""
+    from suite.config import configuration_md, env_example
     from suite.deploy.compose import render
 
     stale = []
-    for path, text in ((ROOT / "docker-compose.yml", render()), (ROOT / ".env.example", env_example())):
+    for path, text in ((ROOT / "docker-compose.yml", render()), (ROOT / ".env.example", env_example()),
+                       (ROOT / "docs" / "configuration.md", configuration_md())):
         if check:
             if not path.is_file() or path.read_text() != text:
                 stale.append(path.name)

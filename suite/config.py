@@ -149,6 +149,18 @@ def env_example() -> str:
     return "\n".join(lines) + "\n"
 
 
+def configuration_md() -> str:
+    """docs/configuration.md: the settings table (generated, like .env.example)."""
+    rows = ["# Configuration", "",
+            "Every setting, its default and meaning. Put overrides in `.env` (copy `.env.example`) or the "
+            "environment; the environment wins. Generated from `suite/config.py` by `pdsuite gen`.", "",
+            "| setting | default | meaning |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        default = "" if name in SECRET_SETTINGS else field.default
+        rows.append(f"| `{name}` | `{default}` | {field.description} |")
+    return "\n".join(rows) + "\n"
+
+
 _VAR = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
 
 
