@@ -6,7 +6,11 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 PDSUITE := $(BIN)/pdsuite
 COMPOSE := docker compose
-PLAN    ?= plans/exp3-compare.yaml
+PLAN    ?= exp3-compare
+DRIVER  ?= compose
+# Images for the CPU-only paths build FROM a local debootstrapped base (no registry needed); GPU hosts may
+# set BASE_IMAGE=python:3.11-slim.
+BASE_IMAGE ?= local/debian:bookworm-py
 DEPLOYMENTS := vllm-disagg vllm-colocated vllm-tp2 vllm-dp2 sglang-disagg sglang-colocated sglang-tp2 sglang-dp2
 
 .PHONY: help venv gen lint test test-unit test-integration test-docker demo bench report kvprobe doctor \
@@ -33,6 +37,17 @@ lint: venv  ## ruff + generated files up to date
 # ---- tests ---------------------------------------------------------------------------------------
 test-unit: venv  ## fast unit tests (< 2 min, no Docker, no engines)
 	$(BIN)/pytest -q -m "not integration and not docker"
+
+# ---- main job ------------------------------------------------------------------------------------
+demo: venv  ## the full comparison on CPU backends (emulated engines, real routers, Locust) -> reports/demo/
+	bash scripts/setup-docker.sh
+	BASE_IMAGE=$(BASE_IMAGE) bash scripts/build-images.sh suite router
+	$(PDSUITE) run demo --backend emu --driver $(DRIVER) --out results
+	$(PDSUITE) report $$(ls -d results/demo/*/ | tail -n 1) --name demo --out reports
+	@echo "report: reports/demo/index.html (EMULATED engines: shows the pipeline, not engine performance)"
+
+bench: venv  ## run an experiment plan: make bench PLAN=exp3-compare [BACKEND=gpu|emu|cpu] [DRIVER=compose|process]
+	$(PDSUITE) run $(PLAN) $(if $(BACKEND),--backend $(BACKEND)) --driver $(DRIVER)
 
 # ---- GPU stack -----------------------------------------------------------------------------------
 $(addprefix up-,$(DEPLOYMENTS)): up-%: venv  ## up-<framework>-<deployment>: start a deployment, wait healthy
