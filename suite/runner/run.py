@@ -100,8 +100,8 @@ def run_plan(plan: Plan, settings: Settings, out_root: Path, *, backend: str | N
                 break
     finally:
         state.timings.wall_s = time.monotonic() - t_plan
-        status = "complete" if not state.failed and state.done == total else (
-            "partial" if state.done else "failed")
+        ok = state.done - len(state.failed)
+        status = "complete" if ok == total else ("partial" if ok else "failed")
         data = json.loads((out / "manifest.json").read_text())
         prev = data.get("timings", {})
         t = state.timings.as_dict()

@@ -1,0 +1,77 @@
+"""Plans: every bundled plan validates; bad plans fail before anything starts, with one line."""
+
+from pathlib import Path
+
+import pytest
+
+from suite.config import Settings
+from suite.plan import PLAN_DIR, PlanError, deep_merge, load_plan, point_label
+
+BUNDLED = sorted(PLAN_DIR.glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", BUNDLED, ids=lambda p: p.stem)
+@pytest.mark.parametrize("backend", [None, "emu"])
+def test_bundled_plans_validate(path, backend):
+    plan = load_plan(path, Settings(), backend)
+    assert plan.resolved_deployments(backend)
+    assert len({label for label, _ in plan.point_specs()}) == len(plan.points)
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "plan.yaml"
+    p.write_text(text)
+    return p
+
+
+GOOD = """
+name: t
+deployments: [vllm-colocated]
+workload: {arrival: {kind: poisson, rate_rps: 2}, duration_s: 5}
+points: [{arrival: {rate_rps: 1}}, {arrival: {rate_rps: 3}}]
+"""
+
+
+@pytest.mark.parametrize("text, message", [
+    (GOOD.replace("vllm-colocated", "vllm-nope"), "unknown deployment 'vllm-nope'"),
+    (GOOD + "repetitions: 0\n", "repetitions"),
+    (GOOD + "bogus: 1\n", "bogus"),
+    ("name: t\ndeployments: [vllm-colocated\n", "not valid YAML"),
+    ("- a\n- b\n", "a YAML mapping"),
+    (GOOD.replace("points: [{arrival: {rate_rps: 1}}, {arrival: {rate_rps: 3}}]",
+                  "points: [{label: a}, {label: a}]"), "share the label"),
+    (GOOD.replace("rate_rps: 2}, duration_s: 5", "rate_rps: 2}"), "needs duration_s or num_requests"),
+    (GOOD.replace("workload: {", "workload: {mix: {nope: 1}, "), "unknown classes"),
+])
+def test_bad_plans_fail_with_one_line(tmp_path, text, message):
+    with pytest.raises(PlanError) as e:
+        load_plan(write(tmp_path, text), Settings())
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_lengths_beyond_max_model_len_fail(tmp_path):
+    with pytest.raises(PlanError, match="max_model_len 4096"):
+        load_plan(write(tmp_path, GOOD), Settings(MAX_MODEL_LEN=4096))  # default classes go to 8192 + 64
+
+
+def test_cpu_backend_has_the_tiny_models_limit():
+    with pytest.raises(PlanError, match="cpu-vllm-colocated"):
+        load_plan("exp1-extended", Settings(), "cpu")
+
+
+def test_more_gpus_than_present(tmp_path):
+    with pytest.raises(PlanError, match="needs 2 GPUs, this host has 1"):
+        load_plan(write(tmp_path, GOOD.replace("vllm-colocated", "vllm-tp2")), Settings(), gpus_present=1)
+
+
+def test_unknown_plan_lists_bundled():
+    with pytest.raises(PlanError, match="exp3-compare"):
+        load_plan("no-such-plan", Settings())
+
+
+def test_points_merge_over_workload():
+    base = {"arrival": {"kind": "poisson", "rate_rps": 2}, "seed": 1}
+    assert deep_merge(base, {"arrival": {"rate_rps": 5}}) == {"arrival": {"kind": "poisson", "rate_rps": 5}, "seed": 1}
+    assert base["arrival"]["rate_rps"] == 2  # not mutated
+    assert point_label({"arrival": {"rate_rps": 5}}) == "arrival.rate_rps=5"
+    assert point_label({"label": "x", "seed": 2}) == "x"

@@ -1,0 +1,134 @@
+"""Runner: atomic points, resume after interruption, dead services and failed start-ups become failure records."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+import suite.load
+import suite.scrape
+from suite.config import Settings
+from suite.plan import Plan
+from suite.runner import drivers
+from suite.runner.drivers import DeployError, Driver
+from suite.runner.run import run_plan
+
+WORKLOAD = {"arrival": {"kind": "poisson", "rate_rps": 2}, "duration_s": 1}
+
+
+class FakeDriver(Driver):
+    instances: list = []
+    fail_up = False
+    die_after_loads = None  # service dies once this many loads ran
+
+    def __init__(self, dep, settings, log_dir):
+        super().__init__(dep, settings, log_dir)
+        self.events = []
+        FakeDriver.instances.append(self)
+
+    def up(self, timeout_s):
+        self.events.append("up")
+        if self.fail_up:
+            raise DeployError("router exited with 2: bad flag")
+
+    def dead(self):
+        n = FakeLoad.calls
+        return [self.services[0].name] if self.die_after_loads is not None and n >= self.die_after_loads else []
+
+    def logs(self, service, tail=50):
+        return f"last words of {service}\n"
+
+    def down(self):
+        self.events.append("down")
+
+
+class FakeLoad:
+    calls = 0
+    interrupt_on = None
+
+    @classmethod
+    def run(cls, endpoint, model, spec, out_dir, workers=2, timeout_s=60):
+        cls.calls += 1
+        if cls.interrupt_on == cls.calls:
+            raise KeyboardInterrupt
+        (Path(out_dir) / "requests.parquet").write_bytes(b"fake")
+        return {"sent": 3, "ok": 3}
+
+
+@pytest.fixture(autouse=True)
+def fakes(monkeypatch):
+    FakeDriver.instances, FakeDriver.fail_up, FakeDriver.die_after_loads = [], False, None
+    FakeLoad.calls, FakeLoad.interrupt_on = 0, None
+    monkeypatch.setitem(drivers.DRIVERS, "fake", FakeDriver)
+    monkeypatch.setitem(vars(suite.load), "run_load", FakeLoad.run)
+    monkeypatch.setattr(suite.scrape, "snapshot", lambda urls, out, timeout=5.0: Path(out).mkdir(parents=True))
+
+
+def plan(**kw) -> Plan:
+    return Plan(**({"name": "t", "deployments": ["vllm-colocated", "vllm-disagg"], "workload": WORKLOAD,
+                    "points": [{"label": "a"}, {"label": "b"}], "repetitions": 2, "warmup_requests": 0} | kw))
+
+
+def points(out: Path) -> dict[str, dict]:
+    return {str(p.parent.relative_to(out)): json.loads(p.read_text()) for p in out.rglob("point.json")}
+
+
+def test_full_run_writes_every_point_and_timings(tmp_path):
+    state = run_plan(plan(), Settings(), tmp_path, backend="emu", driver_kind="fake")
+    got = points(state.out)
+    assert len(got) == 8 and FakeLoad.calls == 8
+    assert all(p["status"] == "ok" and p["emulated"] for p in got.values())
+    assert set(got["emu-vllm-disagg/a/rep1"]["services"].values()) == {"prefill", "decode", "router"}
+    manifest = json.loads((state.out / "manifest.json").read_text())
+    assert manifest["status"] == "complete" and manifest["emulated"] is True
+    assert 0 <= manifest["timings"]["overhead_ratio"] <= 1
+    assert [i.events for i in FakeDriver.instances] == [["down", "up", "down"]] * 2
+
+
+def test_interrupt_keeps_finished_points_and_resume_runs_the_rest(tmp_path):
+    FakeLoad.interrupt_on = 3
+    with pytest.raises(KeyboardInterrupt):
+        run_plan(plan(), Settings(), tmp_path, backend="emu", driver_kind="fake")
+    out = next((tmp_path / "t").iterdir())
+    assert sorted(points(out)) == ["emu-vllm-colocated/a/rep0", "emu-vllm-colocated/a/rep1"]
+    assert not list(out.rglob("*.partial")), "an interrupted point must not look finished"
+    assert FakeDriver.instances[-1].events[-1] == "down"
+    assert json.loads((out / "manifest.json").read_text())["status"] == "partial"
+
+    FakeLoad.calls, FakeLoad.interrupt_on = 0, None
+    state = run_plan(plan(), Settings(), tmp_path, backend="emu", driver_kind="fake", resume=out)
+    assert FakeLoad.calls == 6 and len(points(out)) == 8
+    assert json.loads((state.out / "manifest.json").read_text())["status"] == "complete"
+
+
+def test_dead_service_fails_point_with_logs_and_skips_rest_of_deployment(tmp_path):
+    FakeDriver.die_after_loads = 1
+    state = run_plan(plan(deployments=["vllm-disagg"]), Settings(), tmp_path, backend="emu", driver_kind="fake")
+    got = points(state.out)
+    first = got["emu-vllm-disagg/a/rep0"]
+    assert first["status"] == "failed" and "emu-vllm-disagg-prefill died" in first["failure"]
+    assert "last words" in first["native"]["last_logs"]["emu-vllm-disagg-prefill"]
+    assert (state.out / "emu-vllm-disagg/a/rep0/logs/emu-vllm-disagg-prefill.log").is_file()
+    assert all(p["status"] == "failed" and p["failure"].startswith("skipped") for k, p in got.items()
+               if k != "emu-vllm-disagg/a/rep0")
+    assert FakeLoad.calls == 1 and len(state.failed) == 4
+
+
+def test_failed_start_records_every_point_and_stops_when_asked(tmp_path):
+    FakeDriver.fail_up = True
+    state = run_plan(plan(on_failure="stop"), Settings(), tmp_path, backend="emu", driver_kind="fake")
+    got = points(state.out)
+    assert len(got) == 4 and all("bad flag" in p["failure"] for p in got.values())
+    assert len(FakeDriver.instances) == 1 and FakeDriver.instances[0].events == ["down", "up", "down"]
+    assert json.loads((state.out / "manifest.json").read_text())["status"] == "failed"
+
+
+def test_load_error_is_a_failed_point_not_a_crash(tmp_path, monkeypatch):
+    def full_disk(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setitem(vars(suite.load), "run_load", full_disk)
+    state = run_plan(plan(deployments=["vllm-colocated"], repetitions=1), Settings(), tmp_path, backend="emu",
+                     driver_kind="fake")
+    got = points(state.out)
+    assert all("No space left" in p["failure"] for p in got.values()) and len(got) == 2
