@@ -12,6 +12,14 @@ from suite.frameworks.base import Backend, Deployment, Engine, Framework, Metric
 NCCL_PORT = ("SGLANG_NCCL_PORT_A", "SGLANG_NCCL_PORT_B")
 MS, MB, GB = 1e-3, 1e6, 1e9
 
+# Emulator metric tables (below): tokenizer-side families carry _TL, scheduler-side ones _SL (SGLang 0.5.23).
+_TL = ("engine_type", "model_name", "is_streaming")
+_SL = ("engine_type", "model_name", "tp_rank", "pp_rank", "moe_ep_rank")
+_TTFT_B = (0.1, 0.2, 0.4, 0.6, 0.8, 1, 2, 4, 6, 8, 10, 20, 40, 60, 80, 100, 200, 400)
+_ITL_B = (0.002, 0.004, 0.006, 0.008, 0.01, 0.015, 0.02, 0.025, 0.03, 0.035, 0.04, 0.06, 0.08, 0.1, 0.2, 0.4, 0.6,
+          0.8, 1, 2, 4, 6, 8)
+_MS_B = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500)
+
 
 @register
 class SGLang(Framework):
@@ -87,6 +95,59 @@ class SGLang(Framework):
         "cache_hit_ratio": MetricMap("sglang:cache_hit_rate", agg="mean"),
         "kv_cache_usage_ratio": MetricMap("sglang:token_usage", agg="mean"),
     }
+    # ---- stand-in engine (suite/emulator): families exactly as SGLang 0.5.23 names, labels and buckets them
+    # (checked against ../shared/fixtures). key -> (family, type, help, label names, buckets, scale from s/bytes).
+    emulator_handoff = "bootstrap_room"  # router injects bootstrap host/port/room; D waits for the room's KV
+    emulator_error_style = "flat"  # {"object": "error", "message", "type", "param", "code"}
+    emulator_metrics = {
+        "ttft_s": ("sglang:time_to_first_token_seconds", "histogram", "Histogram of time to first token in seconds.",
+                   _TL, _TTFT_B),
+        "itl_s": ("sglang:inter_token_latency_seconds", "histogram", "Histogram of inter-token latency in seconds.",
+                  ("engine_type", "model_name"), _ITL_B),
+        "tpot_s": ("sglang:request_time_per_output_token_seconds", "histogram",
+                   "Per-request TPOT in seconds: (finished_time - first_token_time) / (completion_tokens - 1).",
+                   _TL, _ITL_B),
+        "e2e_s": ("sglang:e2e_request_latency_seconds", "histogram",
+                  "Histogram of End-to-end request latency in seconds", _TL, (*_TTFT_B[:-1], 400, 600, 1200, 1800,
+                                                                               2400)),
+        "queue_s": ("sglang:queue_time_seconds", "histogram", "Histogram of queueing time in seconds.", _SL,
+                    (0.0, 0.001, 0.005, 0.01, 0.05, 0.1, 0.2, 0.5, 1, 2, 3, 4, 5, 10, 15, 20, 30, 40, 50, 60, 70, 80,
+                     90, 100, 200, 300, 400, 500, 600, 700, 800, 900, 1000, 1200, 1400, 1600, 1800, 2000, 2500, 3000)),
+        "stage_s": ("sglang:per_stage_req_latency_seconds", "histogram", "The latency of each stage of requests.",
+                    (*_SL, "stage"), tuple(0.001 * 1.62**i for i in range(30))),
+        "prompt_tokens": ("sglang:prompt_tokens", "counter", "Number of prefill tokens processed.", _TL, ()),
+        "generation_tokens": ("sglang:generation_tokens", "counter", "Number of generation tokens processed.", _TL, ()),
+        "num_requests": ("sglang:num_requests", "counter", "Number of requests processed.", _TL, ()),
+        "cached_tokens": ("sglang:cached_tokens", "counter",
+                          "Number of cached prompt tokens by source (device/host/storage).",
+                          ("engine_type", "model_name", "cache_source"), ()),
+        "running": ("sglang:num_running_reqs", "gauge", "The number of running requests.", _SL, ()),
+        "waiting": ("sglang:num_queue_reqs", "gauge", "The number of requests in the waiting queue.", _SL, ()),
+        "kv_usage": ("sglang:token_usage", "gauge", "The token usage.", _SL, ()),
+        "gen_throughput": ("sglang:gen_throughput", "gauge", "The generation throughput (token/s).", _SL, ()),
+        "cache_hit_rate": ("sglang:cache_hit_rate", "gauge", "The prefix cache hit rate.", _SL, ()),
+        # P/D: transfer latency/size/speed observed on PREFILL, in ms / MB / GB/s; bootstrap and alloc on both
+        "kv_transfer_s": ("sglang:kv_transfer_latency_ms", "histogram", "Histogram of KV cache transfer latency in ms.",
+                          _SL, (*_MS_B, 5000), 1e3),
+        "kv_transfer_bytes": ("sglang:kv_transfer_total_mb", "histogram", "Histogram of KV cache transfer size in MB.",
+                              _SL, (1, 5, 10, 50, 100, 500, 1000, 5000, 10000), 1e-6),
+        "kv_transfer_Bps": ("sglang:kv_transfer_speed_gb_s", "histogram",
+                            "Histogram of KV cache transfer speed in GB/s.", _SL,
+                            (0.1, 0.5, 1, 5, 10, 25, 50, 100, 200, 400), 1e-9),
+        "kv_bootstrap_s": ("sglang:kv_transfer_bootstrap_ms", "histogram",
+                           "Histogram of KV transfer bootstrap time in ms.", _SL, _MS_B, 1e3),
+        "kv_alloc_s": ("sglang:kv_transfer_alloc_ms", "histogram",
+                       "Histogram of KV transfer allocation waiting time in ms.", _SL, _MS_B, 1e3),
+    }
+    # names of the hand-off fields sglang-router injects into the JSON body
+    emulator_handoff_fields = {"host": "bootstrap_host", "port": "bootstrap_port", "room": "bootstrap_room"}
+    emulator_block_size = 1  # SGLang pages the KV per token by default (--page-size 1)
+
+    def emulator_labels(self, role: Role, model: str) -> dict[str, str]:
+        engine_type = {Role.PREFILL: "prefill", Role.DECODE: "decode"}.get(role, "unified")
+        return {"engine_type": engine_type, "model_name": model, "tp_rank": "0", "pp_rank": "0",
+                "moe_ep_rank": "0"}
+
     router_metrics = {
         "router_requests": MetricMap("smg_router_requests"),
         "router_http_requests": MetricMap("smg_http_requests"),

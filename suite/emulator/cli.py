@@ -1,0 +1,72 @@
+"""`pdsuite emulate`: run the stand-in engine (vLLM or SGLang flavour, one P/D role) on one port."""
+
+from __future__ import annotations
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def emulate(
+        flavor: str = typer.Option("vllm", help="Framework to emulate: vllm or sglang."),
+        role: str = typer.Option("colocated", help="prefill, decode or colocated."),
+        host: str = typer.Option("127.0.0.1", help="Address to bind."),
+        port: int = typer.Option(8000, min=1, max=65535, help="OpenAI API port."),
+        model: str = typer.Option("meta-llama/Llama-3.1-8B-Instruct", help="Served model name."),
+        model_config: str = typer.Option("llama-3.1-8b", help="Bundled config name or config.json path (sizing)."),
+        hardware: str = typer.Option("h100", help="Hardware profile (h100, cpu-tiny) or a JSON profile file."),
+        tp: int = typer.Option(1, min=1, max=8, help="Tensor-parallel size the cost model assumes."),
+        kv_port: int = typer.Option(0, min=0, max=65535, help="vLLM: NIXL side-channel stand-in port (P and D)."),
+        bootstrap_port: int = typer.Option(0, min=0, max=65535, help="SGLang: bootstrap server port (prefill)."),
+        token_budget: int = typer.Option(8192, min=1, help="Tokens per engine step (chunked prefill budget)."),
+        max_num_seqs: int = typer.Option(1024, min=1, help="Max requests in one batch."),
+        max_model_len: int = typer.Option(131072, min=2, help="Max prompt + output tokens per request."),
+        kv_timeout: float = typer.Option(60.0, min=0.1, help="Seconds a P/D hand-off may wait before failing."),
+        spin_us: float = typer.Option(1500, min=0, help="Busy-wait this long before each step end (precision)."),
+    ) -> None:
+        """Run the EMULATED engine: OpenAI API, the framework's /metrics and P/D hand-off, cost-model timing."""
+        import asyncio
+        import logging
+
+        from aiohttp import web
+
+        from suite.deploy.model import Role
+        from suite.emulator.costmodel import CostModel
+        from suite.emulator.hardware import HardwareError, load_hardware
+        from suite.emulator.server import EmulatorServer
+        from suite.frameworks.base import get
+        from suite.modelcfg import ModelConfigError, load
+
+        def fail(msg: str) -> None:
+            typer.echo(f"pdsuite: error: {msg}", err=True)
+            raise typer.Exit(2)
+
+        try:
+            fw = get(flavor)
+        except ValueError as e:
+            fail(str(e))
+        if not hasattr(fw, "emulator_metrics"):
+            fail(f"framework {flavor!r} has no emulator tables")
+        roles = (Role.PREFILL, Role.DECODE, Role.COLOCATED)
+        if role not in {r.value for r in roles}:
+            fail(f"unknown role {role!r}; known: {', '.join(r.value for r in roles)}")
+        try:
+            cost = CostModel(load(model_config), load_hardware(hardware), tp=tp)
+        except (ModelConfigError, HardwareError) as e:
+            fail(str(e))
+        if cost.kv_capacity_tokens() < 1:
+            fail(f"model config {model_config!r} at tp={tp} does not fit hardware {hardware!r} (no room for KV)")
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        # sglang-router probes workers with HTTP/2 (gRPC) first; aiohttp logs each probe as an error.
+        logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)
+        srv = EmulatorServer(fw, Role(role), cost, host=host, port=port, model=model, hardware=hardware, tp=tp,
+                             kv_port=kv_port or None, bootstrap_port=bootstrap_port or None,
+                             token_budget=token_budget, max_num_seqs=max_num_seqs, max_model_len=max_model_len,
+                             kv_timeout=kv_timeout, spin_s=spin_us * 1e-6)
+        try:
+            import uvloop
+
+            asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+        except ImportError:
+            pass
+        web.run_app(srv.app(), host=host, port=port, access_log=None, print=None, handle_signals=True)

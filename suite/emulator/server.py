@@ -1,0 +1,235 @@
+"""The emulator's HTTP server (aiohttp): OpenAI routes, /health, /metrics, framework extras, P/D hand-off."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+
+import orjson
+from aiohttp import web
+
+from suite.emulator.costmodel import CostModel
+from suite.emulator.engine import Engine
+from suite.emulator.handoff import HANDOFFS, Plan
+from suite.emulator.metrics import EmuMetrics
+from suite.emulator.protocol import ApiError, Parsed, Responder, error_body, parse_request
+from suite.emulator.scheduler import Scheduler, SimRequest, Step
+from suite.frameworks.base import Framework, Role
+
+log = logging.getLogger("pdsuite.emulator")
+EMULATED_HEADER = "x-pdsuite-emulated"
+
+
+def write_now(resp: web.StreamResponse, data: bytes) -> None:
+    """Write a body chunk synchronously. aiohttp's writer.write(drain=False) never suspends (no compression is
+    set), so driving the coroutine one step runs it to completion; every stream of a step is then written back
+    to back with no task switch in between."""
+    coro = resp._payload_writer.write(data, drain=False)  # the public write() always awaits drain
+    try:
+        coro.send(None)
+    except StopIteration:
+        return
+    coro.close()
+    raise RuntimeError("stream writer suspended unexpectedly")
+
+
+class EmulatorServer:
+    def __init__(self, fw: Framework, role: Role, cost: CostModel, *, host: str, port: int, model: str,
+                 hardware: str, tp: int = 1, kv_port: int | None = None, bootstrap_port: int | None = None,
+                 token_budget: int = 8192, max_num_seqs: int = 1024, max_model_len: int = 131072,
+                 kv_timeout: float = 60.0, kv_hold_s: float = 480.0, spin_s: float = 1.5e-3) -> None:
+        self.fw, self.role, self.cost = fw, role, cost
+        self.host, self.port, self.model, self.hardware, self.tp = host, port, model, hardware, tp
+        self.kv_port, self.bootstrap_port = kv_port, bootstrap_port
+        self.max_model_len, self.kv_timeout, self.kv_hold_s = max_model_len, kv_timeout, kv_hold_s
+        self.metrics = EmuMetrics(fw, role, model, hardware)
+        self.sched = Scheduler(cost, token_budget=token_budget, max_num_seqs=max_num_seqs)
+        self.spin_s = spin_s
+        self.engine: Engine | None = None
+        self.handoff = HANDOFFS[fw.emulator_handoff](self)
+        self._ids = itertools.count()
+        self._gen_total = 0
+        self._last_scrape = (time.monotonic(), 0)
+        for source in ("local_compute", "local_cache_hit", "external_kv_transfer"):
+            self.metrics.inc("prompt_tokens_by_source", 0, source=source)
+
+    # ---- app -------------------------------------------------------------------------------------
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.on_response_prepare.append(self._mark)
+        app.on_startup.append(self._startup)
+        app.on_cleanup.append(self._cleanup)
+        r = app.router
+        r.add_post("/v1/completions", lambda q: self._generate(q, chat=False))
+        r.add_post("/v1/chat/completions", lambda q: self._generate(q, chat=True))
+        r.add_get("/v1/models", self._models)
+        r.add_get("/health", lambda q: web.Response())
+        r.add_get("/metrics", self._metrics)
+        r.add_get("/emu/info", self._info)
+        r.add_get("/emu/emission", lambda q: web.json_response(self.engine.emission.summary()))
+        r.add_post("/emu/emission/reset", self._reset_emission)
+        # Extras the routers probe (sglang-router: server/model info; both: version)
+        for path in ("/health_generate", "/ping"):
+            r.add_get(path, lambda q: web.Response())
+        for path in ("/server_info", "/get_server_info"):
+            r.add_get(path, self._info)
+        for path in ("/model_info", "/get_model_info"):
+            r.add_get(path, lambda q: web.json_response({"model_path": self.model, "is_generation": True,
+                                                         "emulated": True}))
+        r.add_get("/version", lambda q: web.json_response({"version": "emulated", "emulated": True}))
+        return app
+
+    async def _mark(self, request: web.Request, response: web.StreamResponse) -> None:
+        response.headers[EMULATED_HEADER] = "true"
+
+    async def _startup(self, app: web.Application) -> None:
+        self.engine = Engine(self.sched, spin_s=self.spin_s, on_step=self._on_step)
+        self.engine.start()
+        await self.handoff.start()
+        log.warning("pdsuite EMULATED engine (not a real %s): flavor=%s role=%s model=%s hardware=%s tp=%d "
+                    "listening on %s:%d%s%s", self.fw.name, self.fw.name, self.role.value, self.model,
+                    self.hardware, self.tp, self.host, self.port,
+                    f" kv-port={self.kv_port}" if self.kv_port else "",
+                    f" bootstrap-port={self.bootstrap_port}" if self.bootstrap_port else "")
+
+    async def _cleanup(self, app: web.Application) -> None:
+        await self.handoff.stop()
+        if self.engine:
+            await self.engine.stop()
+
+    def _error(self, err: ApiError) -> web.Response:
+        return web.Response(body=error_body(err, self.fw.emulator_error_style), status=err.status,
+                            content_type="application/json")
+
+    # ---- routes ----------------------------------------------------------------------------------
+    async def _models(self, request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{
+            "id": self.model, "object": "model", "created": int(time.time()), "owned_by": "pdsuite-emulator",
+            "root": self.model, "max_model_len": self.max_model_len}]})
+
+    async def _info(self, request: web.Request) -> web.Response:
+        return web.json_response({"emulated": True, "flavor": self.fw.name, "role": self.role.value,
+                                  "model": self.model, "hardware": self.hardware, "tp": self.tp,
+                                  "model_path": self.model, "disaggregation_mode":
+                                      "null" if self.role is Role.COLOCATED else self.role.value,
+                                  "max_total_num_tokens": self.sched.kv_capacity,
+                                  "token_budget": self.sched.token_budget})
+
+    async def _reset_emission(self, request: web.Request) -> web.Response:
+        self.engine.emission.reset()
+        return web.json_response({"ok": True})
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        m, s = self.metrics, self.sched
+        m.set("running", len(s.running))
+        m.set("waiting", len(s.waiting))
+        m.set("kv_usage", s.kv_used() / max(1, s.kv_capacity))
+        now = time.monotonic()
+        t0, g0 = self._last_scrape
+        if now > t0:
+            m.set("gen_throughput", (self._gen_total - g0) / (now - t0))
+        self._last_scrape = (now, self._gen_total)
+        m.set("cache_hit_rate", 0.0)
+        return web.Response(body=m.render(), headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+    def _on_step(self, step: Step) -> None:
+        self.metrics.observe("iteration_tokens", step.tokens)
+
+    async def _generate(self, request: web.Request, chat: bool) -> web.StreamResponse:
+        arrival = time.monotonic()
+        try:
+            body = orjson.loads(await request.read())
+        except orjson.JSONDecodeError as e:
+            return self._error(ApiError(f"invalid JSON body: {e}"))
+        rid = request.headers.get("X-Request-ID") or f"emu-{next(self._ids)}"
+        try:
+            p = parse_request(body, chat, self.model, self.max_model_len)
+            plan = await self.handoff.prepare(p, rid)
+        except ApiError as e:
+            return self._error(e)
+        max_tokens = plan.max_tokens or p.max_tokens
+        stream = p.stream and plan.finish is None  # P answers the router non-streaming, with its hand-off
+        resp_builder = Responder(p)
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future = loop.create_future()
+        now = time.monotonic()
+        req = SimRequest(rid=rid, prompt=p.prompt_tokens, max_tokens=max_tokens, arrival=arrival,
+                         ready_at=now + plan.ready_delay, remote_kv=plan.remote_kv,
+                         on_finish=lambda r: done.done() or done.set_result(r))
+        resp: web.StreamResponse | None = None
+        if stream:
+            resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+            await resp.prepare(request)
+            req.on_token = self._sink(resp, resp_builder, max_tokens, req, done)
+        try:
+            self.engine.add(req)
+        except ValueError as e:
+            return self._error(ApiError(str(e)))
+        try:
+            await done
+            extra = await plan.finish(req) if plan.finish else {}
+        except ApiError as e:
+            if resp is None:
+                return self._error(e)
+            await resp.write(b"data: " + error_body(e, "nested") + b"\n\n")
+            return resp
+        except (ConnectionError, asyncio.CancelledError):
+            self.engine.abort(req)
+            raise
+        self._record(req, p, plan, stream)
+        if resp is None:
+            return web.json_response(resp_builder.full(req.generated, extra), dumps=lambda o: orjson.dumps(o).decode())
+        if p.include_usage:
+            await resp.write(resp_builder.usage_chunk(req.generated))
+        await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
+
+    def _sink(self, resp: web.StreamResponse, rb: Responder, max_tokens: int, req: SimRequest,
+              done: asyncio.Future):
+        emission = self.engine.emission
+        clock = time.monotonic
+
+        def on_token(r: SimRequest, i: int, intended: float) -> None:
+            try:
+                write_now(resp, rb.chunk(i, i == max_tokens - 1))
+            except (ConnectionError, RuntimeError) as e:  # client went away
+                self.sched.abort(r)
+                if not done.done():
+                    done.set_exception(ConnectionResetError(str(e)))
+                return
+            emission.add(clock() - intended)
+
+        return on_token
+
+    def _record(self, r: SimRequest, p: Parsed, plan: Plan, stream: bool) -> None:
+        m = self.metrics
+        lab = {"is_streaming": "true" if stream else "false", "finished_reason": "length"}
+        first, end, sched = r.first_token_at, r.finished_at, r.scheduled_at
+        m.observe("ttft_s", first - r.arrival, **lab)
+        m.observe("e2e_s", end - r.arrival, **lab)
+        m.observe("queue_s", sched - r.arrival)
+        m.observe("prefill_s", first - sched)
+        m.observe("decode_s", end - first)
+        m.observe("inference_s", end - sched)
+        if r.generated > 1:
+            m.observe("tpot_s", (end - first) / (r.generated - 1), **lab)
+        tt = r.token_times
+        for a, b in itertools.pairwise(tt):
+            m.observe("itl_s", b - a)
+        m.observe("request_prompt_tokens", r.prompt)
+        m.observe("request_generation_tokens", r.generated)
+        m.observe("request_max_tokens", p.max_tokens)
+        m.inc("prompt_tokens", r.prompt, **lab)
+        m.inc("generation_tokens", r.generated, **lab)
+        m.inc("num_requests", 1, **lab)
+        m.inc("request_success", 1, **lab)
+        m.inc("prefix_cache_queries", r.prompt)
+        for source, n in (plan.sources or {"local_compute": r.prompt}).items():
+            m.inc("prompt_tokens_by_source", n, source=source)
+        if self.role is Role.PREFILL:
+            m.observe("stage_s", first - sched, stage="prefill_forward")
+        m.observe("stage_s", end - r.arrival, stage="request_process")
+        self._gen_total += r.generated
