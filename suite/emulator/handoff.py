@@ -193,7 +193,7 @@ class BootstrapRoom(Handoff):
         if self.role is Role.PREFILL and self.srv.bootstrap_port:
             app = web.Application()
             app.router.add_get("/route", self._route)
-            app.router.add_get("/health", lambda r: web.Response(text="OK"))
+            app.router.add_get("/health", self._health)
             app.router.add_post("/emu/room/{room}/claim", self._claim)
             await self._serve(app, self.srv.bootstrap_port)
 
@@ -202,6 +202,9 @@ class BootstrapRoom(Handoff):
             loop = asyncio.get_running_loop()
             self._rooms[room] = _Room(loop.create_future(), loop.create_future(), time.monotonic())
         return self._rooms[room]
+
+    async def _health(self, request: web.Request) -> web.Response:
+        return web.Response(text="OK")
 
     async def _route(self, request: web.Request) -> web.Response:
         return web.json_response({"rank_ip": self.srv.host, "rank_port": self.srv.port, "emulated": True})

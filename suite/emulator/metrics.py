@@ -7,6 +7,7 @@ Callers record in seconds / bytes / tokens under the table's keys; each family c
 
 from __future__ import annotations
 
+import prometheus_client.metrics as _pm
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from suite.frameworks.base import Framework, Role
@@ -17,6 +18,7 @@ _KINDS = {"histogram": Histogram, "counter": Counter, "gauge": Gauge}
 class EmuMetrics:
     def __init__(self, fw: Framework, role: Role, model: str, hardware: str) -> None:
         self.registry = CollectorRegistry()
+        self.created = getattr(fw, "emulator_created_series", True)
         static = fw.emulator_labels(role, model)
         self._fams: dict[str, tuple[object, tuple[str, ...], dict[str, str], float, str]] = {}
         for key, spec in fw.emulator_metrics.items():
@@ -58,4 +60,10 @@ class EmuMetrics:
             s.set(value * scale)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        # prometheus_client decides on *_created samples at collect time, from a module flag
+        keep = _pm._use_created
+        _pm._use_created = self.created and keep
+        try:
+            return generate_latest(self.registry)
+        finally:
+            _pm._use_created = keep

@@ -62,23 +62,21 @@ class EmulatorServer:
         app.on_startup.append(self._startup)
         app.on_cleanup.append(self._cleanup)
         r = app.router
-        r.add_post("/v1/completions", lambda q: self._generate(q, chat=False))
-        r.add_post("/v1/chat/completions", lambda q: self._generate(q, chat=True))
+        r.add_post("/v1/completions", self._completions)
+        r.add_post("/v1/chat/completions", self._chat)
         r.add_get("/v1/models", self._models)
-        r.add_get("/health", lambda q: web.Response())
         r.add_get("/metrics", self._metrics)
         r.add_get("/emu/info", self._info)
-        r.add_get("/emu/emission", lambda q: web.json_response(self.engine.emission.summary()))
+        r.add_get("/emu/emission", self._emission)
         r.add_post("/emu/emission/reset", self._reset_emission)
         # Extras the routers probe (sglang-router: server/model info; both: version)
-        for path in ("/health_generate", "/ping"):
-            r.add_get(path, lambda q: web.Response())
+        for path in ("/health", "/health_generate", "/ping"):
+            r.add_get(path, self._ok)
         for path in ("/server_info", "/get_server_info"):
             r.add_get(path, self._info)
         for path in ("/model_info", "/get_model_info"):
-            r.add_get(path, lambda q: web.json_response({"model_path": self.model, "is_generation": True,
-                                                         "emulated": True}))
-        r.add_get("/version", lambda q: web.json_response({"version": "emulated", "emulated": True}))
+            r.add_get(path, self._model_info)
+        r.add_get("/version", self._version)
         return app
 
     async def _mark(self, request: web.Request, response: web.StreamResponse) -> None:
@@ -116,6 +114,24 @@ class EmulatorServer:
                                       "null" if self.role is Role.COLOCATED else self.role.value,
                                   "max_total_num_tokens": self.sched.kv_capacity,
                                   "token_budget": self.sched.token_budget})
+
+    async def _ok(self, request: web.Request) -> web.Response:
+        return web.Response()
+
+    async def _completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._generate(request, chat=False)
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        return await self._generate(request, chat=True)
+
+    async def _model_info(self, request: web.Request) -> web.Response:
+        return web.json_response({"model_path": self.model, "is_generation": True, "emulated": True})
+
+    async def _version(self, request: web.Request) -> web.Response:
+        return web.json_response({"version": "emulated", "emulated": True})
+
+    async def _emission(self, request: web.Request) -> web.Response:
+        return web.json_response(self.engine.emission.summary())
 
     async def _reset_emission(self, request: web.Request) -> web.Response:
         self.engine.emission.reset()

@@ -99,6 +99,7 @@ class SGLang(Framework):
     # (checked against ../shared/fixtures). key -> (family, type, help, label names, buckets, scale from s/bytes).
     emulator_handoff = "bootstrap_room"  # router injects bootstrap host/port/room; D waits for the room's KV
     emulator_error_style = "flat"  # {"object": "error", "message", "type", "param", "code"}
+    emulator_created_series = False  # SGLang exports in multiprocess mode: no *_created samples
     emulator_metrics = {
         "ttft_s": ("sglang:time_to_first_token_seconds", "histogram", "Histogram of time to first token in seconds.",
                    _TL, _TTFT_B),
