@@ -1,0 +1,411 @@
+"""Locust glue: central open-loop schedule split across workers, closed loop, per-class live stats, records.
+
+How a run goes (master + N workers, or one local process):
+  master test_start -> "pd_start" to worker k of N: {spec, model, host, t0 (wall clock), k, N}
+  worker: dispatcher greenlet sends its share of the schedule (plans k, k+N, ...) at the scheduled times, each request
+          in its own greenlet (open loop: never waits for responses), or runs its share of the closed-loop streams;
+          fires per-class stats rows (TTFT/ITL/TPOT/E2E <class>, send lag) and sends records to the master every second
+  worker done -> "pd_done"; master writes <out>/requests.parquet + summary.json, and in headless mode quits.
+Locust users are placeholders that keep a run alive (Locust needs >= 1); the load comes from the dispatcher.
+Live changes: GET /pdsuite/rate?rps=8 and /pdsuite/mix?long_prefill=1&short_decode=3 on the web UI (or the start
+form's "Pd rate" / "Pd mix" fields); GET /pdsuite shows the state, including EMULATED when the endpoint says so.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import gevent
+from gevent.pool import Group
+from locust import User, constant, events, task
+from locust.runners import MasterRunner, WorkerRunner
+
+from suite.load.client import Endpoint, request_body, stream_request
+from suite.load.prompts import PromptBuilder
+from suite.load.schedule import Planned, arrival_times, draw, plans, request_rng
+from suite.load.spec import LoadSpec
+from suite.schema import RequestRecord, Status
+
+log = logging.getLogger("pdsuite.load")
+REPLAN_BASE = 10_000_000  # request indices after a live rate change start at epoch * REPLAN_BASE
+
+
+class _Worker:
+    """Per-process state of the load side (a worker, or the local runner)."""
+
+    def __init__(self) -> None:
+        self.env = None
+        self.greenlets = Group()
+        self.inflight = Group()
+        self.pending: list[dict] = []
+        self.emulated = False
+        self.sent = 0
+        self.epoch = 0
+        self.stopping = False
+
+    # --- setup -----------------------------------------------------------------------------------
+    def start(self, env, msg: dict) -> None:
+        self.stop(cancel=False)
+        self.env, self.stopping, self.epoch, self.sent = env, False, 0, 0
+        self.spec = LoadSpec.model_validate(msg["spec"])
+        self.shares = self.spec.shares()
+        self.rate = self.spec.arrival.rate_rps
+        self.model, self.index, self.count = msg["model"], msg["index"], msg["count"]
+        self.itl_events = msg.get("itl_events", True)
+        self.ep = Endpoint(msg["host"])
+        self.name = f"w{self.index}"
+        self.t0_ns = time.monotonic_ns() + int((msg["t0_wall"] - time.time()) * 1e9)
+        s = self.spec
+        self.builder = PromptBuilder(s.api, s.tokenizer, s.seed, s.shared_prefix_tokens, s.token_id_range)
+        self.greenlets.spawn(self._flusher)
+        main = self._closed_loop if s.arrival.kind == "concurrency" else self._open_loop
+        self.greenlets.spawn(self._run, main)
+
+    def stop(self, cancel: bool = True) -> None:
+        self.stopping = True
+        if cancel:
+            self.inflight.kill(block=True, timeout=5)
+        self.greenlets.kill(block=True, timeout=5)
+
+    def now_s(self) -> float:
+        return (time.monotonic_ns() - self.t0_ns) / 1e9
+
+    # --- sending -----------------------------------------------------------------------------------
+    def _body(self, p: Planned) -> bytes:
+        prompt = self.builder.build(request_rng(self.spec.seed + 1, p.index), p.input_tokens)
+        return request_body(self.spec.api, self.model, prompt, p.max_tokens)
+
+    def _wait_until(self, t_s: float) -> None:
+        delay = t_s - self.now_s()
+        if delay > 0.002:
+            gevent.sleep(delay - 0.0015)  # the loop's timers are coarse: finish the wait by yielding
+        while self.now_s() < t_s:
+            gevent.sleep(0)
+
+    def _one(self, p: Planned, body: bytes) -> None:
+        rec = RequestRecord(request_id=f"{self.spec.seed}-{p.index}", request_class=p.request_class,
+                            api=self.spec.api, worker=self.name, input_tokens=p.input_tokens,
+                            max_tokens=p.max_tokens, scheduled_s=p.scheduled_s if p.scheduled_s is not None else 0.0)
+        try:
+            out = stream_request(self.ep, self.spec.api, body, request_id=rec.request_id,
+                                 request_class=p.request_class, input_tokens=p.input_tokens, max_tokens=p.max_tokens,
+                                 scheduled_s=rec.scheduled_s, t0_ns=self.t0_ns,
+                                 timeout_s=self.spec.request_timeout_s, worker=self.name)
+            rec = out.record
+            if out.emulated and not self.emulated:
+                self.emulated = True
+                log.warning("EMULATED: the endpoint says x-pdsuite-emulated: true; numbers are not a real engine's")
+                events.request.fire(request_type="EMULATED", name="endpoint sent x-pdsuite-emulated: true",
+                                    response_time=0, response_length=0, exception=None, context={})
+        except gevent.GreenletExit:
+            rec.status, rec.error = Status.CANCELLED, "run stopped while in flight"
+            rec.done_s = self.now_s()
+            self.pending.append(rec.model_dump(mode="json"))
+            raise
+        self.pending.append(rec.model_dump(mode="json"))
+        self._fire(rec)
+
+    def _fire(self, r: RequestRecord) -> None:
+        fire = events.request.fire
+        cls = r.request_class
+        if r.send_lag_s is not None:
+            fire(request_type="SEND_LAG", name="all", response_time=r.send_lag_s * 1000, response_length=0,
+                 exception=None, context={})
+        if r.status is not Status.OK:
+            fire(request_type="E2E", name=cls, response_time=(r.e2e_s or 0) * 1000, response_length=0,
+                 exception=RuntimeError(f"{r.status.value}: {r.error}"), context={})
+            return
+        fire(request_type="E2E", name=cls, response_time=r.e2e_s * 1000, response_length=r.completion_tokens or 0,
+             exception=None, context={})
+        if r.ttft_s is not None:
+            fire(request_type="TTFT", name=cls, response_time=r.ttft_s * 1000, response_length=0, exception=None,
+                 context={})
+        if r.tpot_s is not None:
+            fire(request_type="TPOT", name=cls, response_time=r.tpot_s * 1000, response_length=0, exception=None,
+                 context={})
+        if self.itl_events:
+            for gap in r.itl_s:
+                fire(request_type="ITL", name=cls, response_time=gap * 1000, response_length=0, exception=None,
+                     context={})
+
+    def _open_loop(self) -> None:
+        s = self.spec
+        todo = plans(s, self.index, self.count)
+        while True:
+            epoch = self.epoch
+            for p in todo:
+                if self.stopping or self.epoch != epoch:
+                    break
+                if epoch and p.index < REPLAN_BASE * epoch:  # a re-plan draws its own classes with the new mix
+                    continue
+                body = self._body(p)  # built before the wait so it adds no send lag
+                self._wait_until(p.scheduled_s)
+                self.inflight.spawn(self._one, p, body)
+                self.sent += 1
+            if self.epoch == epoch or self.stopping:
+                break
+            todo = self._replan()
+        self.inflight.join(timeout=s.drain_timeout_s + s.request_timeout_s)
+
+    def _replan(self) -> list[Planned]:
+        start = self.now_s()
+        times = arrival_times(self.spec, rate_rps=self.rate, start_s=start)
+        base = REPLAN_BASE * self.epoch
+        out = []
+        for i in range(self.index, len(times), self.count):
+            name, n_in, n_out = draw(self.spec, base + i, self.shares)
+            out.append(Planned(base + i, name, n_in, n_out, float(times[i])))
+        return out
+
+    def _closed_loop(self) -> None:
+        s = self.spec
+        c = s.arrival.concurrency
+        streams = c // self.count + (self.index < c % self.count)
+        counter = iter(range(self.index, 1 << 62, self.count))
+        end = s.duration_s if s.duration_s is not None else float("inf")
+        self._wait_until(0.0)
+
+        def stream() -> None:
+            for i in counter:
+                if self.stopping or self.now_s() >= end or (s.num_requests is not None and i >= s.num_requests):
+                    return
+                name, n_in, n_out = draw(s, i, self.shares)
+                p = Planned(i, name, n_in, n_out, self.now_s())
+                self._one(p, self._body(p))
+                self.sent += 1
+
+        for _ in range(streams):
+            self.inflight.spawn(stream)
+        self.inflight.join()
+
+    def _run(self, main) -> None:
+        try:
+            main()
+        finally:
+            self._flush()
+            self._send("pd_done", {"worker": self.index, "sent": self.sent, "emulated": self.emulated})
+
+    # --- reporting ---------------------------------------------------------------------------------
+    def _flusher(self) -> None:
+        while True:
+            gevent.sleep(1.0)
+            self._flush()
+
+    def _flush(self) -> None:
+        if self.pending:
+            batch, self.pending = self.pending, []
+            self._send("pd_records", batch)
+
+    def _send(self, kind: str, data) -> None:
+        runner = self.env.runner
+        if isinstance(runner, WorkerRunner):
+            runner.send_message(kind, data)
+        else:
+            MASTER.on_message(kind, data)
+
+
+class _Master:
+    """The master (or local runner): hands out the schedule, gathers records, writes them."""
+
+    def __init__(self) -> None:
+        self.records: list[dict] = []
+        self.done: set[int] = set()
+        self.workers = 0
+        self.emulated = False
+        self.env = None
+        self.started_at = 0.0
+        self.rate: float | None = None
+        self.mix: dict[str, float] | None = None
+
+    def spec(self) -> LoadSpec:
+        from suite.load.spec import load_spec
+
+        o = self.env.parsed_options
+        spec = load_spec(o.pd_spec) if o.pd_spec else LoadSpec(duration_s=3600)
+        upd: dict = {}
+        if o.pd_api:
+            upd["api"] = o.pd_api
+        if o.pd_rate and spec.arrival.kind in ("poisson", "constant"):
+            upd["arrival"] = spec.arrival.model_copy(update={"rate_rps": float(o.pd_rate)})
+        if o.pd_mix:
+            upd["mix"] = parse_mix(o.pd_mix)
+        return load_spec({**spec.model_dump(mode="json"), **{k: _dump(v) for k, v in upd.items()}}) if upd else spec
+
+    def start(self, env) -> None:
+        self.env, self.records, self.done, self.emulated = env, [], set(), False
+        spec = self.spec()
+        self.rate, self.mix = spec.arrival.rate_rps, spec.shares()
+        o = env.parsed_options
+        msg = {"spec": spec.model_dump(mode="json"), "model": o.pd_model or os.environ.get("PDSUITE_MODEL", ""),
+               "host": env.host, "t0_wall": time.time() + 0.5, "itl_events": o.pd_itl_events == "on"}
+        self.started_at = msg["t0_wall"]
+        self.spec_used = spec
+        runner = env.runner
+        if isinstance(runner, MasterRunner):
+            ids = sorted(c.id for c in runner.clients.values())
+            self.workers = len(ids)
+            for k, cid in enumerate(ids):
+                runner.send_message("pd_start", {**msg, "index": k, "count": len(ids)}, client_id=cid)
+        else:
+            self.workers = 1
+            WORKER.start(env, {**msg, "index": 0, "count": 1})
+        log.info("pdsuite load: %s, %d worker(s), mix %s", spec.arrival.kind, self.workers, self.mix)
+
+    def on_message(self, kind: str, data) -> None:
+        if kind == "pd_records":
+            self.records.extend(data)
+        elif kind == "pd_done":
+            self.done.add(data["worker"])
+            if data.get("emulated"):
+                self.emulated = True
+            if len(self.done) >= self.workers:
+                self.finish()
+
+    def finish(self) -> None:
+        from suite.load.records import write_records
+
+        out = self.env.parsed_options.pd_out
+        if out:
+            n = write_records(Path(out) / "requests.parquet", self.records)
+            info = {"records": n, "workers": self.workers, "emulated": self.emulated,
+                    "t0_wall": self.started_at, "workload": self.spec_used.to_workload().model_dump(mode="json")}
+            (Path(out) / "load.json").write_text(json.dumps(info, indent=1))
+            log.info("pdsuite load: wrote %d records to %s%s", n, out, " (EMULATED endpoint)" if self.emulated else "")
+        if self.env.parsed_options.headless:
+            gevent.spawn_later(0.2, self.env.runner.quit)
+
+    def status(self) -> dict:
+        by = {}
+        for r in self.records:
+            c = by.setdefault(r["request_class"], {"done": 0, "ok": 0, "error": 0, "timeout": 0, "cancelled": 0})
+            c["done"] += 1
+            c[r["status"]] += 1
+        return {"emulated": self.emulated, "rate_rps": self.rate, "mix": self.mix, "workers": self.workers,
+                "workers_done": len(self.done), "classes": by}
+
+
+def parse_mix(text: str) -> dict[str, float]:
+    """"long_prefill=1,short_decode=3" -> dict; malformed -> ValueError."""
+    out = {}
+    for part in text.split(","):
+        name, sep, w = part.partition("=")
+        if not sep:
+            raise ValueError(f"mix entry {part!r} is not name=weight")
+        out[name.strip()] = float(w)
+    return out
+
+
+def _dump(v):
+    return v.model_dump(mode="json") if hasattr(v, "model_dump") else v
+
+
+WORKER = _Worker()
+MASTER = _Master()
+
+
+@events.init_command_line_parser.add_listener
+def _args(parser) -> None:
+    g = parser  # Locust's own parser: argument groups do not take include_in_web_ui
+    g.add_argument("--pd-spec", default="", help="LoadSpec YAML/JSON (default: the two default classes, 1 req/s)")
+    g.add_argument("--pd-rate", default="", include_in_web_ui=True, help="open-loop rate (req/s), overrides the spec")
+    g.add_argument("--pd-mix", default="", include_in_web_ui=True, help="e.g. long_prefill=1,short_decode=3")
+    g.add_argument("--pd-api", default="", choices=["", "completions", "chat"], include_in_web_ui=True)
+    g.add_argument("--pd-model", default="", help="model name (default: $PDSUITE_MODEL)")
+    g.add_argument("--pd-out", default="", help="folder for requests.parquet (written by the master)")
+    g.add_argument("--pd-itl-events", default="on", choices=["on", "off"], help="one ITL stats entry per token")
+
+
+@events.init.add_listener
+def _init(environment, **_kw) -> None:
+    runner = environment.runner
+    if isinstance(runner, WorkerRunner):
+        runner.register_message("pd_start", lambda msg, **kw: WORKER.start(environment, msg.data))
+        runner.register_message("pd_rate", lambda msg, **kw: _set_live(msg.data))
+        return
+    MASTER.env = environment
+    if isinstance(runner, MasterRunner):
+        runner.register_message("pd_records", lambda msg, **kw: MASTER.on_message("pd_records", msg.data))
+        runner.register_message("pd_done", lambda msg, **kw: MASTER.on_message("pd_done", msg.data))
+    if environment.web_ui:
+        _routes(environment)
+
+
+def _set_live(data: dict) -> None:
+    if WORKER.env is None:
+        return
+    if data.get("mix"):
+        WORKER.shares = {k: v / sum(data["mix"].values()) for k, v in data["mix"].items() if v > 0}
+    WORKER.rate = data.get("rate_rps") or WORKER.spec.arrival.rate_rps
+    WORKER.epoch += 1  # the dispatcher re-plans from now
+
+
+def _routes(environment) -> None:
+    from flask import jsonify, request
+
+    app = environment.web_ui.app
+
+    @app.route("/pdsuite")
+    def pd_status():
+        return jsonify(MASTER.status())
+
+    @app.route("/pdsuite/rate")
+    def pd_rate():
+        try:
+            rps = float(request.args["rps"])
+            assert rps > 0
+        except (KeyError, ValueError, AssertionError):
+            return jsonify({"error": "use /pdsuite/rate?rps=<positive number>"}), 400
+        return _broadcast({"rate_rps": rps, "mix": MASTER.mix})
+
+    @app.route("/pdsuite/mix")
+    def pd_mix():
+        try:
+            mix = {k: float(v) for k, v in request.args.items()}
+            spec = getattr(MASTER, "spec_used", None)
+            if not mix or any(v < 0 for v in mix.values()) or sum(mix.values()) <= 0 or \
+                    (spec and set(mix) - set(spec.classes)):
+                raise ValueError
+        except ValueError:
+            hint = "use /pdsuite/mix?<class>=<weight>&...: known classes, weights >= 0, sum > 0"
+            return jsonify({"error": hint}), 400
+        return _broadcast({"rate_rps": MASTER.rate, "mix": mix})
+
+
+def _broadcast(data: dict):
+    from flask import jsonify
+
+    MASTER.rate, MASTER.mix = data["rate_rps"], data["mix"]
+    runner = MASTER.env.runner
+    if isinstance(runner, MasterRunner):
+        runner.send_message("pd_rate", data)
+    else:
+        _set_live(data)
+    return jsonify(MASTER.status())
+
+
+@events.test_start.add_listener
+def _test_start(environment, **_kw) -> None:
+    if not isinstance(environment.runner, WorkerRunner):
+        MASTER.start(environment)
+
+
+@events.test_stop.add_listener
+def _test_stop(environment, **_kw) -> None:
+    load_side = isinstance(environment.runner, WorkerRunner) or not isinstance(environment.runner, MasterRunner)
+    if load_side and WORKER.env is not None and not WORKER.stopping:
+        WORKER.stop(cancel=True)
+        WORKER._flush()
+
+
+class PdUser(User):
+    """Placeholder: keeps the run alive. The load comes from the dispatcher above, not from users."""
+
+    wait_time = constant(3600)
+
+    @task
+    def idle(self) -> None:
+        gevent.sleep(3600)
