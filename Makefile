@@ -49,6 +49,10 @@ demo: venv  ## the full comparison on CPU backends (emulated engines, real route
 bench: venv  ## run an experiment plan: make bench PLAN=exp3-compare [BACKEND=gpu|emu|cpu] [DRIVER=compose|process]
 	$(PDSUITE) run $(PLAN) $(if $(BACKEND),--backend $(BACKEND)) --driver $(DRIVER)
 
+report: venv  ## comparison report: make report RESULTS="results/<plan>/<stamp> ..." NAME=<name> -> reports/<name>/
+	@test -n "$(RESULTS)" -a -n "$(NAME)" || { echo "usage: make report RESULTS=results/<plan>/<stamp> NAME=<name>"; exit 2; }
+	$(PDSUITE) report $(RESULTS) --name $(NAME) --out reports
+
 # ---- GPU stack -----------------------------------------------------------------------------------
 $(addprefix up-,$(DEPLOYMENTS)): up-%: venv  ## up-<framework>-<deployment>: start a deployment, wait healthy
 	$(PDSUITE) doctor --profile $*

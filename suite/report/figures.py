@@ -1,0 +1,151 @@
+"""Figures (matplotlib Agg) drawn from the report's tables; each returns a Figure or None when there is no data."""
+
+from __future__ import annotations
+
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+# Link-bandwidth lines for the KV-transfer figure, bytes/s. The NVLink line is the copy bandwidth we measured on
+# 2x H100 (../shared/notes/reference-numbers.md); the others are nominal line rates, labelled so.
+LINKS = (("NVLink H100 copy, measured 394 GB/s", 394e9), ("PCIe Gen5 x16, nominal 64 GB/s", 64e9),
+         ("400 Gb/s RDMA, nominal", 50e9), ("100 Gb/s RDMA, nominal", 12.5e9), ("25 Gb/s TCP, nominal", 3.125e9))
+
+
+def _err(df: pd.DataFrame, col: str, scale: float = 1e3) -> tuple[np.ndarray, np.ndarray]:
+    v = df[col].to_numpy() * scale
+    lo = np.clip(v - df[f"{col}_ci_low"].to_numpy() * scale, 0, None)
+    hi = np.clip(df[f"{col}_ci_high"].to_numpy() * scale - v, 0, None)
+    return v, np.vstack([lo, hi])
+
+
+def ttft_vs_input(s: pd.DataFrame):
+    if s.empty or s["input_tokens_mean"].nunique() < 2:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for dep, g in s.groupby("deployment"):
+        g = g.sort_values("input_tokens_mean")
+        for col, ls in (("ttft_p50", "-"), ("ttft_p99", ":")):
+            v, e = _err(g, col)
+            ax.errorbar(g["input_tokens_mean"], v, yerr=e, ls=ls, marker="o", ms=3, capsize=2,
+                        label=f"{dep} {col[-3:]}")
+    ax.set(xscale="log", xlabel="input tokens (mean per point)", ylabel="TTFT ms (95% CI)",
+           title="TTFT vs input length")
+    ax.legend(fontsize=6, ncol=2)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def cdfs(cdf: dict):
+    if not cdf:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.8))
+    grid = np.linspace(0, 1, 201)
+    for ax, m in zip(axes, ("ttft", "itl"), strict=True):
+        for (metric, dep), q in sorted(cdf.items()):
+            if metric == m:
+                ax.plot(q * 1e3, grid, label=dep)
+        ax.set(xlabel=f"{m.upper()} ms", ylabel="fraction of requests" if m == "ttft" else "fraction of gaps",
+               title=f"{m.upper()} CDF", xscale="log")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    return fig
+
+
+def vs_rate(s: pd.DataFrame):
+    s = s[np.isfinite(s["rate_rps"].astype(float))] if not s.empty else s
+    if s.empty or s["rate_rps"].nunique() < 2:
+        return None
+    agg = s.groupby(["deployment", "rate_rps"]).agg(ttft_p99=("ttft_p99", "max"), ttft_p99_ci_low=(
+        "ttft_p99_ci_low", "max"), ttft_p99_ci_high=("ttft_p99_ci_high", "max"), goodput=("goodput_rps", "sum"))
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.8))
+    for dep, g in agg.reset_index().groupby("deployment"):
+        v, e = _err(g, "ttft_p99")
+        a1.errorbar(g["rate_rps"], v, yerr=e, marker="o", ms=3, capsize=2, label=dep)
+        a2.plot(g["rate_rps"], g["goodput"], marker="o", ms=3, label=dep)
+    a2.plot(*([agg.reset_index()["rate_rps"].sort_values()] * 2), "k:", lw=0.8, label="offered")
+    a1.set(xlabel="request rate (req/s)", ylabel="TTFT p99 ms (worst class)", title="TTFT p99 vs rate")
+    a2.set(xlabel="request rate (req/s)", ylabel="goodput (req/s within SLO)", title="Goodput vs rate")
+    for a in (a1, a2):
+        a.grid(alpha=0.3)
+        a.legend(fontsize=6)
+    fig.tight_layout()
+    return fig
+
+
+def topologies(s: pd.DataFrame):
+    if s.empty or s["topology"].nunique() < 2:
+        return None
+    cols = (("ttft_p50", "TTFT p50 ms"), ("ttft_p99", "TTFT p99 ms"), ("tpot_p50", "TPOT p50 ms"))
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.8))
+    labels = [f"{p}\n{c}" for p, c in s[["point", "cls"]].drop_duplicates().itertuples(index=False)]
+    keys = list(s[["point", "cls"]].drop_duplicates().itertuples(index=False, name=None))
+    deps = sorted(s["deployment"].unique())
+    w = 0.8 / max(1, len(deps))
+    for ax, (col, title) in zip(axes, cols, strict=True):
+        for i, dep in enumerate(deps):
+            g = s[s["deployment"] == dep].set_index(["point", "cls"]).reindex(keys)
+            v, e = _err(g.reset_index(), col)
+            ax.bar(np.arange(len(keys)) + i * w, v, w, yerr=e, capsize=2, label=dep)
+        ax.set_xticks(np.arange(len(keys)) + w * (len(deps) - 1) / 2, labels, fontsize=6)
+        ax.set_title(title)
+        ax.grid(alpha=0.3, axis="y")
+    axes[0].legend(fontsize=6)
+    fig.suptitle("P/D vs TP=2 vs two replicas vs co-located (95% CI)")
+    fig.tight_layout()
+    return fig
+
+
+def breakdown(b: pd.DataFrame):
+    if b.empty:
+        return None
+    fig, ax = plt.subplots(figsize=(8, 0.5 + 0.45 * b["deployment"].nunique() + 1.5))
+    deps = sorted(b["deployment"].unique())
+    comps = sorted({(r, m) for r, m in zip(b["role"], b["metric"], strict=True)})
+    left = np.zeros(len(deps))
+    for role, metric in comps:
+        sel = b[(b["role"] == role) & (b["metric"] == metric)].set_index("deployment")["mean_s"]
+        v = np.nan_to_num(sel.reindex(deps).to_numpy() * 1e3)
+        ax.barh(deps, v, left=left, label=f"{role}: {metric[:-2]}")
+        left += v
+    ax.set(xlabel="mean ms per request (server-side histograms)",
+           title="Server-side time per request: queue / prefill / transfer / decode")
+    ax.legend(fontsize=6, ncol=2)
+    ax.grid(alpha=0.3, axis="x")
+    fig.tight_layout()
+    return fig
+
+
+def kv_transfer(kv: pd.DataFrame):
+    if kv.empty:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for dep, g in kv.groupby("deployment"):
+        ax.scatter(g["tokens_per_transfer"], g["mean_s"] * 1e3, s=14, label=f"{dep} (measured)")
+    bpt = kv["bytes_per_token"].dropna()
+    toks = kv["tokens_per_transfer"].dropna()
+    if len(bpt) and len(toks):
+        per_token = float(bpt.median())
+        x = np.geomspace(max(1.0, toks.min() / 2), max(2.0, toks.max() * 2), 50)
+        for label, bw in LINKS:
+            ax.plot(x, x * per_token / bw * 1e3, lw=0.8, ls="--", label=label)
+        ax.set_title(f"KV-transfer time vs prompt tokens ({per_token / 1024:.0f} KiB/token measured)")
+    else:
+        ax.set_title("KV-transfer time vs prompt tokens (no bytes metric: no link lines)")
+    ax.set(xscale="log", yscale="log", xlabel="prompt tokens per transfer", ylabel="mean transfer ms")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=6)
+    return fig
+
+
+def all_figures(t) -> dict:
+    figs = {"ttft_vs_input": ttft_vs_input(t.summary), "cdf_ttft_itl": cdfs(t.cdf), "vs_rate": vs_rate(t.summary),
+            "topologies": topologies(t.summary), "server_breakdown": breakdown(t.breakdown),
+            "kv_transfer": kv_transfer(t.kv)}
+    return {k: v for k, v in figs.items() if v is not None and not (isinstance(v, float) and math.isnan(v))}

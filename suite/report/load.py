@@ -1,0 +1,276 @@
+"""Read results trees (and imported `vllm bench serve` JSON) into columnar frames.
+
+Columnar on purpose: a million requests must load in seconds, so nothing here makes a Python object per request.
+Problems (missing/corrupt files, unknown schema or metrics versions, partial runs) become messages, not crashes;
+only "no usable data at all" is fatal.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from suite.schema import SCHEMA_VERSION, PointResult
+
+COLUMNS = ["request_class", "input_tokens", "prompt_tokens", "completion_tokens", "sent_s", "first_token_s",
+           "done_s", "token_times_s", "status"]
+
+
+class ReportInputError(ValueError):
+    """Nothing usable in the inputs."""
+
+
+@dataclass
+class Dataset:
+    points: pd.DataFrame  # one row per repetition of a point
+    requests: pd.DataFrame  # one row per request: pidx, cls, input_tokens, ttft, tpot, e2e, ok, status ...
+    itl: pd.DataFrame  # one row per inter-token gap: pidx, cls, itl
+    metrics: pd.DataFrame  # normalised server metrics: pidx, service, role, metric, kind, value, count, sum ...
+    hist: dict = field(default_factory=dict)  # (pidx, metric, role) -> Series (bucket deltas, for quantiles)
+    manifests: list[dict] = field(default_factory=list)
+    messages: list[tuple[str, str]] = field(default_factory=list)  # (level, text): level = error | warning | info
+
+    @property
+    def emulated(self) -> bool:
+        return bool(self.points["emulated"].any()) if len(self.points) else False
+
+    @property
+    def mixed(self) -> bool:
+        return self.emulated and not bool(self.points["emulated"].all())
+
+    @property
+    def partial(self) -> bool:
+        return bool((self.points["status"] != "ok").any()) or any(
+            m.get("status") not in (None, "complete") for m in self.manifests)
+
+
+def _major(v: str) -> str:
+    return str(v).split(".")[0]
+
+
+def _derive(table: pa.Table, pidx: int) -> tuple[dict, dict]:
+    """Request-level columns and the flat inter-token gaps, computed with arrow/numpy only."""
+    def col(name, fill=np.nan):
+        if name not in table.column_names:
+            return np.full(table.num_rows, fill)
+        return table.column(name).to_numpy(zero_copy_only=False).astype(float)
+
+    sent, first, done = col("sent_s"), col("first_token_s"), col("done_s")
+    tt = table.column("token_times_s").combine_chunks() if "token_times_s" in table.column_names else None
+    lens = pc.list_value_length(tt).fill_null(0).to_numpy(zero_copy_only=False) if tt is not None else np.zeros(
+        table.num_rows, dtype=np.int64)
+    completion = col("completion_tokens")
+    n_out = np.where(np.isnan(completion), lens, completion)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tpot = np.where(n_out >= 2, (done - first) / (n_out - 1), np.nan)
+    cls = table.column("request_class").to_numpy(zero_copy_only=False) if "request_class" in table.column_names \
+        else np.full(table.num_rows, "default", dtype=object)
+    status = table.column("status").to_numpy(zero_copy_only=False) if "status" in table.column_names \
+        else np.full(table.num_rows, "ok", dtype=object)
+    req = {"pidx": np.full(table.num_rows, pidx, dtype=np.int32), "cls": cls,
+           "input_tokens": col("input_tokens"), "prompt_tokens": col("prompt_tokens"), "n_out": n_out,
+           "sent": sent, "done": done, "ttft": first - sent, "e2e": done - sent, "tpot": tpot, "status": status}
+    itl = {"pidx": np.zeros(0, dtype=np.int32), "cls": np.zeros(0, dtype=object), "itl": np.zeros(0)}
+    if tt is not None and len(tt):
+        flat = tt.flatten().to_numpy(zero_copy_only=False)
+        if len(flat) > 1:
+            offsets = tt.offsets.to_numpy()
+            gaps = np.diff(flat)
+            keep = np.ones(len(gaps), dtype=bool)
+            starts = offsets[1:-1][(offsets[1:-1] > 0) & (offsets[1:-1] < len(flat))]  # first token of each request
+            keep[starts - 1] = False  # the gap across two requests is not an ITL
+            owner = np.repeat(np.arange(table.num_rows), lens)[1:]
+            itl = {"pidx": np.full(int(keep.sum()), pidx, dtype=np.int32), "cls": cls[owner[keep]],
+                   "itl": gaps[keep]}
+    return req, itl
+
+
+def _point_row(pr: PointResult, path: Path, run: str, manifest: dict) -> dict:
+    w = pr.workload
+    return {"run": run, "plan": manifest.get("plan", ""), "deployment": pr.deployment, "framework": pr.framework,
+            "topology": pr.topology, "backend": pr.backend, "emulated": pr.emulated or manifest.get("emulated", False),
+            "point": pr.point, "rep": pr.repetition, "status": pr.status, "failure": pr.failure,
+            "rate_rps": w.rate_rps if w.rate_rps is not None else math.nan,
+            "concurrency": w.concurrency if w.concurrency is not None else math.nan,
+            "arrival": w.arrival, "load_wall_s": pr.load_wall_s, "path": str(path), "n_requests": 0,
+            "classes": json.dumps(w.classes), "services": json.dumps(pr.services)}
+
+
+class _Builder:
+    def __init__(self) -> None:
+        self.points: list[dict] = []
+        self.req: list[dict] = []
+        self.itl: list[dict] = []
+        self.metric_rows: list[dict] = []
+        self.hist: dict = {}
+        self.manifests: list[dict] = []
+        self.messages: list[tuple[str, str]] = []
+
+    def msg(self, level: str, text: str) -> None:
+        self.messages.append((level, text))
+
+    def add_point(self, row: dict, table: pa.Table | None) -> int:
+        pidx = len(self.points)
+        if table is not None:
+            req, itl = _derive(table, pidx)
+            self.req.append(req)
+            self.itl.append(itl)
+            row["n_requests"] = table.num_rows
+        self.points.append(row)
+        return pidx
+
+    def build(self) -> Dataset:
+        if not self.points:
+            raise ReportInputError("; ".join(t for lvl, t in self.messages if lvl == "error") or "no results found")
+
+        def cat(parts, key):
+            return np.concatenate([p[key] for p in parts]) if parts else np.zeros(0)
+
+        req = pd.DataFrame({k: cat(self.req, k) for k in (self.req[0] if self.req else {"pidx": 0})})
+        itl = pd.DataFrame({k: cat(self.itl, k) for k in ("pidx", "cls", "itl")})
+        for df in (req, itl):
+            if "cls" in df:
+                df["cls"] = df["cls"].astype("category")
+        if "status" in req:
+            req["status"] = req["status"].astype("category")
+            req["ok"] = (req["status"] == "ok").to_numpy()
+        return Dataset(pd.DataFrame(self.points), req, itl, pd.DataFrame(self.metric_rows), self.hist,
+                       self.manifests, _collapse(self.messages))
+
+
+def _collapse(messages: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The same problem in many files is one message: 'text (N files, e.g. path)'."""
+    groups: dict[tuple[str, str], list[str]] = {}
+    for level, text in messages:
+        path, sep, rest = text.partition(": ")
+        key = (level, rest if sep and "/" in path else text)
+        groups.setdefault(key, []).append(path if sep and "/" in path else "")
+    out = []
+    for (level, rest), paths in groups.items():
+        if len(paths) == 1:
+            out.append((level, f"{paths[0]}: {rest}" if paths[0] else rest))
+        else:
+            out.append((level, f"{rest} ({len(paths)} files, e.g. {paths[0]})"))
+    return out
+
+
+def _read_table(path: Path, b: _Builder) -> pa.Table | None:
+    try:
+        schema = pq.read_schema(path)
+        return pq.read_table(path, columns=[c for c in COLUMNS if c in schema.names])
+    except (OSError, pa.ArrowInvalid) as e:
+        b.msg("error", f"{path}: unreadable requests.parquet ({type(e).__name__}: {e}); its requests are missing")
+        return None
+
+
+def _server_metrics(rep: Path, pr: PointResult, pidx: int, b: _Builder) -> None:
+    from suite.normalise import MetricsError, delta, normalise_text
+
+    after_dir = rep / "metrics" / "after"
+    if not after_dir.is_dir():
+        b.msg("warning", f"{rep}: no server metrics (metrics/after missing)")
+        return
+    for prom in sorted(after_dir.glob("*.prom")):
+        service = prom.stem
+        role = pr.services.get(service, "unknown")
+        before_path = rep / "metrics" / "before" / prom.name
+        try:
+            after = normalise_text(prom.read_text(errors="replace"), pr.framework, role)
+            before = normalise_text(before_path.read_text(errors="replace"), pr.framework, role) \
+                if before_path.is_file() else None
+        except (MetricsError, ValueError) as e:
+            b.msg("warning", f"{prom}: {e}")
+            continue
+        if before is None:
+            b.msg("warning", f"{rep}: no 'before' snapshot of {service}: totals since engine start, not this point")
+        d = delta(before, after)
+        for w in d.warnings:
+            b.msg("warning", f"{prom}: {w}")
+        for s in d.series.values():
+            b.metric_rows.append({"pidx": pidx, "service": service} | s.row())
+            if s.kind == "histogram":
+                key = (pidx, s.name, s.role)
+                prev = b.hist.get(key)
+                b.hist[key] = s if prev is None else _merge_hist(prev, s)
+
+
+def _merge_hist(a, s):
+    """Two engines of the same role (dp2 replicas): add their bucket deltas."""
+    from dataclasses import replace
+
+    from suite.normalise.metrics import _step
+
+    bounds = tuple(sorted(set(a.le) | set(s.le)))
+    cum = tuple(_step(a.le, a.cum, x) + _step(s.le, s.cum, x) for x in bounds)
+    return replace(a, le=bounds, cum=cum, count=(a.count or 0) + (s.count or 0), sum=(a.sum or 0) + (s.sum or 0))
+
+
+def _load_tree(root: Path, b: _Builder) -> None:
+    manifest: dict = {}
+    mpath = root / "manifest.json"
+    if mpath.is_file():
+        try:
+            manifest = json.loads(mpath.read_text())
+            manifest["_path"] = str(root)
+            b.manifests.append(manifest)
+            if _major(manifest.get("schema_version", "?")) != _major(SCHEMA_VERSION):
+                b.msg("error", f"{mpath}: schema {manifest.get('schema_version')} but this report reads "
+                               f"{SCHEMA_VERSION}: numbers may be misread")
+            if manifest.get("status") not in (None, "complete"):
+                b.msg("warning", f"{root}: run status is {manifest.get('status')!r}: reported as PARTIAL")
+        except (OSError, json.JSONDecodeError) as e:
+            b.msg("error", f"{mpath}: corrupt manifest ({e}); environment section incomplete")
+    else:
+        b.msg("warning", f"{root}: no manifest.json; environment unknown")
+    point_files = sorted(root.glob("*/*/rep*/point.json"))
+    if not point_files:
+        b.msg("error", f"{root}: no <deployment>/<point>/rep<k>/point.json found")
+    for pj in point_files:
+        rep = pj.parent
+        try:
+            pr = PointResult.model_validate_json(pj.read_text())
+        except (OSError, ValueError) as e:
+            b.msg("error", f"{pj}: corrupt point.json ({str(e).splitlines()[0]}); repetition skipped")
+            continue
+        if _major(pr.schema_version) != _major(SCHEMA_VERSION):
+            b.msg("error", f"{pj}: schema {pr.schema_version}, expected {SCHEMA_VERSION}")
+        rq = rep / "requests.parquet"
+        table = _read_table(rq, b) if rq.is_file() else None
+        if not rq.is_file():
+            b.msg("warning", f"{rep}: no requests.parquet ({pr.status}: {pr.failure or 'no records'})")
+        if pr.status != "ok":
+            b.msg("warning", f"{rep}: point {pr.status}: {pr.failure or '?'}")
+        pidx = b.add_point(_point_row(pr, rep, str(root), manifest), table)
+        _server_metrics(rep, pr, pidx, b)
+
+
+def load(inputs: list[str | Path]) -> Dataset:
+    """Results trees (results/<plan>/<stamp>) and/or `vllm bench serve` result JSON files."""
+    from suite.report.importers import import_vllm_bench
+
+    b = _Builder()
+    for item in map(Path, inputs):
+        if item.is_file() and item.suffix == ".json":
+            try:
+                pr, table = import_vllm_bench(item)
+            except (OSError, ValueError) as e:
+                b.msg("error", f"{item}: {e}")
+                continue
+            b.add_point(_point_row(pr, item, str(item), {}), table)
+            b.msg("info", f"{item}: imported `vllm bench serve` results ({table.num_rows} requests)")
+        elif item.is_dir():
+            _load_tree(item, b)
+        else:
+            b.msg("error", f"{item}: no such results directory or JSON file")
+    ds = b.build()
+    if ds.mixed:
+        ds.messages.insert(0, ("error", "inputs MIX emulated and real runs: compare them only with that in mind"))
+    return ds

@@ -1,0 +1,239 @@
+"""Write reports/<name>/: index.html (self-contained), report.md, CSVs, figures/*.png, llmd/*.json."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from suite.report.load import Dataset
+from suite.report.tables import Tables
+
+SUMMARY_COLS = [("deployment", "deployment"), ("point", "point"), ("cls", "class"), ("reps", "reps"),
+                ("requests", "requests"), ("errors", "errors"), ("timeouts", "timeouts"),
+                ("ttft_p50", "TTFT p50 ms"), ("ttft_p90", "TTFT p90 ms"), ("ttft_p99", "TTFT p99 ms"),
+                ("itl_p50", "ITL p50 ms"), ("itl_p99", "ITL p99 ms"), ("tpot_p50", "TPOT p50 ms"),
+                ("e2e_p50", "E2E p50 ms"), ("e2e_p99", "E2E p99 ms"), ("req_per_s", "req/s"),
+                ("out_tok_per_s", "out tok/s"), ("goodput_rps", "goodput req/s"), ("goodput_frac", "in SLO")]
+MS = {"ttft_p50", "ttft_p90", "ttft_p99", "itl_p50", "itl_p99", "tpot_p50", "e2e_p50", "e2e_p99"}
+KV_HOOK = "suite.kvprofile.report"  # optional: section(tables, dataset) -> {"markdown": str, "figures": {name: fig}}
+
+
+def _cell(r, col: str) -> str:
+    v = r[col]
+    if col in MS:
+        if v is None or math.isnan(v):
+            return "-"
+        return f"{v * 1e3:.1f} [{r[col + '_ci_low'] * 1e3:.1f}, {r[col + '_ci_high'] * 1e3:.1f}]"
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "-"
+        return f"{v:.0%}" if col == "goodput_frac" else f"{v:.2f}"
+    return str(v)
+
+
+def _md_table(df: pd.DataFrame, cols: list[tuple[str, str]], cell=None) -> str:
+    if df.empty:
+        return "_no data_\n"
+    cell = cell or (lambda r, c: str(r[c]))
+    lines = ["| " + " | ".join(h for _, h in cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(cell(r, c) for c, _ in cols) + " |" for _, r in df.iterrows()]
+    return "\n".join(lines) + "\n"
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _kv_hook(t: Tables, ds: Dataset) -> dict:
+    """KV-transfer section from the KV profiler (issue 7) when it provides one; else our measured rows only."""
+    import importlib
+
+    try:
+        mod = importlib.import_module(KV_HOOK)
+    except ModuleNotFoundError as e:
+        if e.name not in (KV_HOOK, "suite.kvprofile"):
+            raise
+        return {}
+    return mod.section(t, ds) if hasattr(mod, "section") else {}
+
+
+def _environment(ds: Dataset) -> str:
+    if not ds.manifests:
+        return "_no manifest.json: environment unknown_\n"
+    out = []
+    for m in ds.manifests:
+        out.append(f"### {m.get('plan', '?')} / {m.get('stamp', '?')} ({m.get('_path')})\n")
+        out.append(f"- status: {m.get('status', '?')}; suite {m.get('suite_version', '?')}; "
+                   f"schema {m.get('schema_version', '?')}; emulated: {m.get('emulated', False)}\n")
+        for key in ("versions", "environment"):
+            for k, v in (m.get(key) or {}).items():
+                text = v if isinstance(v, str) else json.dumps(v)
+                out.append(f"- {key}.{k}: `{text[:300]}`\n")
+        settings = m.get("settings") or {}
+        keep = {k: v for k, v in settings.items() if k in ("MODEL", "VLLM_IMAGE", "SGLANG_IMAGE", "ROUTER_IMAGE",
+                                                            "MAX_MODEL_LEN", "GPU_MEMORY_FRACTION", "LOAD_FORMAT",
+                                                            "VLLM_KV_CONNECTOR", "SGLANG_TRANSFER_BACKEND")}
+        for k, v in keep.items():
+            out.append(f"- {k}: `{v}`\n")
+    return "".join(out)
+
+
+def write(ds: Dataset, t: Tables, name: str, out_root: str | Path) -> Path:
+    out = Path(out_root) / name
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    csvs = {"summary.csv": t.summary, "repetitions.csv": t.reps, "repetition_aggregates.csv": t.rep_agg,
+            "improvement.csv": t.improvement, "server_breakdown.csv": t.breakdown, "kv_transfer.csv": t.kv,
+            "ttft_consistency.csv": t.consistency,
+            "points.csv": ds.points.drop(columns=["classes", "services"], errors="ignore")}
+    for fname, df in csvs.items():
+        df.to_csv(out / fname, index=False)
+    from suite.report.figures import all_figures
+    from suite.report.llmd import export
+
+    figs = all_figures(t)
+    hook = _kv_hook(t, ds)
+    figs |= hook.get("figures", {})
+    pngs = {k: _png(f) for k, f in figs.items()}
+    for k, data in pngs.items():
+        (out / "figures" / f"{k}.png").write_bytes(data)
+    llmd = export(ds, t, out / "llmd")
+
+    md = _markdown(ds, t, name, list(pngs), csvs, hook.get("markdown", ""), llmd)
+    (out / "report.md").write_text(md)
+    (out / "index.html").write_text(_html(md, pngs))
+    return out
+
+
+def _banner(ds: Dataset) -> list[str]:
+    lines = []
+    if ds.emulated:
+        lines.append("**EMULATED**: some or all inputs come from the suite's stand-in engine; their latencies "
+                     "say nothing about real GPUs." + (" **Emulated and real runs are MIXED in this report.**"
+                                                        if ds.mixed else ""))
+    if ds.partial:
+        lines.append("**PARTIAL**: some points failed or the run did not complete; see Messages.")
+    return lines
+
+
+def _markdown(ds: Dataset, t: Tables, name: str, figs: list[str], csvs: dict, kv_md: str, llmd: list[str]) -> str:
+    p = []
+    p.append(f"# pdsuite report: {name}\n")
+    p += [f"> {b}\n" for b in _banner(ds)]
+    n_req, n_pts = len(ds.requests), len(ds.points)
+    p.append(f"\n{n_req} request records from {n_pts} point repetitions "
+             f"({ds.points['deployment'].nunique()} deployments). 95% CIs: bootstrap over requests within "
+             "repetitions, and over repetitions when there are 3 or more.\n")
+    if ds.messages:
+        p.append("\n## Messages\n")
+        p += [f"- **{lvl}**: {html.escape(msg)}\n" for lvl, msg in ds.messages]
+    p.append("\n## Per deployment x point x class\n")
+    p.append(_md_table(t.summary, SUMMARY_COLS, _cell))
+    slo = ", ".join(f"{c}: TTFT <= {v.get('ttft_s', math.inf):g} s, TPOT <= {v.get('tpot_s', math.inf):g} s"
+                    for c, v in t.slos.items())
+    p.append(f"\nGoodput SLOs: {slo or 'default'}.\n")
+    p.append("\n## Improvement over the co-located baseline\n")
+    if t.improvement.empty:
+        p.append("_no co-located baseline at matching points_\n")
+    else:
+        p += [f"- {r.text}{'' if r.significant else ' (not significant)'} ({r.point}, {r.cls})\n"
+              for r in t.improvement.itertuples()]
+    p.append("\n## Client vs server TTFT\n")
+    if t.consistency.empty:
+        p.append("_no server-side TTFT histograms_\n")
+    else:
+        for r in t.consistency.itertuples():
+            if r.ok is None:
+                p.append(f"- {r.deployment} {r.point}: {r.note}\n")
+            else:
+                mark = "agree" if r.ok else "**DISAGREE** (check clocks, proxies, warm-up, other traffic)"
+                p.append(f"- {r.deployment} {r.point}: client p50 {r.client_p50_s * 1e3:.1f} ms vs server bucket "
+                         f"{r.server_p50_bucket} s; p90 {r.client_p90_s * 1e3:.1f} ms vs {r.server_p90_bucket} s: "
+                         f"{mark}. {r.note}\n")
+    p.append("\n## KV transfer\n")
+    if t.kv.empty:
+        p.append("_no KV-transfer metrics in these runs_\n")
+    else:
+        cols = [("deployment", "deployment"), ("point", "point"), ("role", "role"), ("transfers", "transfers"),
+                ("mean_s", "mean s"), ("mean_bytes", "bytes"), ("tokens_per_transfer", "tokens"),
+                ("achieved_Bps", "achieved B/s")]
+        p.append(_md_table(t.kv, cols, lambda r, c: f"{r[c]:.4g}" if isinstance(r[c], float) else str(r[c])))
+        slow = t.kv[t.kv["achieved_Bps"] < 5e9]
+        if len(slow) and not ds.emulated:
+            p.append("\n**Warning**: achieved KV bandwidth below 5 GB/s - the connector may have fallen back to TCP "
+                     "(see docs: host network, ipc/pid host, both GPUs visible to both engines).\n")
+    p.append(kv_md)
+    p.append("\n## Figures\n")
+    p += [f"\n### {f}\n\n![{f}](figures/{f}.png)\n" for f in figs]
+    p.append("\n## Environment\n")
+    p.append(_environment(ds))
+    p.append("\n## Data\n")
+    p += [f"- [{f}]({f}): {len(df)} rows\n" for f, df in csvs.items()]
+    p += [f"- [llmd/{Path(f).name}](llmd/{Path(f).name}) (llm-d benchmark report v0.1)\n" for f in llmd]
+    p.append("\nEvery number above is computed from the request records of the points listed in points.csv "
+             "(paths to each repetition's requests.parquet) and the raw /metrics snapshots beside them.\n")
+    return "".join(p)
+
+
+def _html(md: str, pngs: dict[str, bytes]) -> str:
+    """Minimal Markdown -> HTML for our own output (headings, lists, tables, quotes, images inlined)."""
+    import re
+
+    body, in_table, in_list = [], False, False
+    for line in md.splitlines():
+        esc = html.escape(line, quote=False)
+        esc = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", esc)
+        esc = re.sub(r"`(.+?)`", r"<code>\1</code>", esc)
+        img = re.match(r"!\[(.+?)\]\(figures/(.+?)\.png\)", line)
+        link = re.sub(r"\[(.+?)\]\((.+?)\)", r'<a href="\2">\1</a>', esc)
+        if line.startswith("|"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            if set(line) <= set("|-"):
+                continue
+            tag = "th" if not in_table else "td"
+            if not in_table:
+                body.append("<table>")
+                in_table = True
+            body.append("<tr>" + "".join(f"<{tag}>{html.escape(c)}</{tag}>" for c in cells) + "</tr>")
+            continue
+        if in_table:
+            body.append("</table>")
+            in_table = False
+        if line.startswith("- "):
+            if not in_list:
+                body.append("<ul>")
+                in_list = True
+            body.append(f"<li>{link[2:]}</li>")
+            continue
+        if in_list:
+            body.append("</ul>")
+            in_list = False
+        if img:
+            data = base64.b64encode(pngs[img.group(2)]).decode()
+            body.append(f'<img alt="{img.group(1)}" src="data:image/png;base64,{data}">')
+        elif line.startswith("#"):
+            level = len(line) - len(line.lstrip("#"))
+            body.append(f"<h{level}>{link[level + 1:]}</h{level}>")
+        elif line.startswith("> "):
+            body.append(f'<div class="banner">{link[2:]}</div>')
+        elif line.strip():
+            body.append(f"<p>{link}</p>")
+    if in_table:
+        body.append("</table>")
+    if in_list:
+        body.append("</ul>")
+    css = ("body{font-family:sans-serif;max-width:1200px;margin:auto;font-size:14px}"
+           "table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ccc;padding:2px 6px}"
+           ".banner{background:#c0392b;color:#fff;padding:10px;font-size:16px;margin:6px 0}img{max-width:100%}")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>pdsuite report</title><style>{css}</style>"
+            f"</head><body>{''.join(body)}</body></html>\n")

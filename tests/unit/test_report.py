@@ -1,0 +1,84 @@
+import json
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from suite.report.synth import make_tree
+
+
+@pytest.fixture(scope="module")
+def real_tree(tmp_path_factory):
+    return make_tree(tmp_path_factory.mktemp("res") / "stamp1", reps=3, n_per_rep=80, emulated=False, seed=1)
+
+
+def _report(*args):
+    from suite.cli import app
+
+    return CliRunner().invoke(app, ["report", *map(str, args)])
+
+
+def test_report_end_to_end(real_tree, tmp_path):
+    r = _report(real_tree, "--name", "r1", "--out", tmp_path, "--bootstrap", "300")
+    assert r.exit_code == 0, r.output
+    out = tmp_path / "r1"
+    html = (out / "index.html").read_text()
+    assert html.count("data:image/png;base64,") >= 4 and 'src="http' not in html
+    assert "EMULATED" not in html
+    s = pd.read_csv(out / "summary.csv")
+    assert len(s) == 2 * 2 * 2  # deployments x rates x classes
+    assert s["requests"].sum() == 2 * 2 * 3 * 80  # every record counted once
+    assert (s["ttft_p50_ci_low"] <= s["ttft_p50"]).all() and (s["ttft_p50"] <= s["ttft_p50_ci_high"]).all()
+    imp = pd.read_csv(out / "improvement.csv")
+    ttft = imp[imp["metric"] == "TTFT p50"]
+    # the synthetic P/D deployment is 40% faster at TTFT; its TPOT is the same
+    assert len(ttft) == 4 and (ttft["ci_high"] < 0).all() and ttft["delta_pct"].between(-55, -25).all()
+    assert not imp[imp["metric"] == "TPOT p50"]["significant"].all()
+    assert "vllm-disagg vs vllm-colocated" in (out / "report.md").read_text()
+    kv = pd.read_csv(out / "kv_transfer.csv")
+    assert (kv["bytes_per_token"].round() == 131072).all()
+    cons = pd.read_csv(out / "ttft_consistency.csv")
+    assert cons[cons["deployment"] == "vllm-colocated"]["ok"].all()
+    reps = pd.read_csv(out / "repetitions.csv")
+    assert reps["path"].str.endswith("rep0").any()  # traceable to the raw records
+    llmd = json.loads(next((out / "llmd").glob("vllm-disagg__rate=2.json")).read_text())
+    assert llmd["version"] == "0.1" and llmd["metrics"]["requests"]["total"] == 3 * 80
+    assert llmd["metrics"]["latency"]["time_to_first_token"]["units"] == "s"
+    assert llmd["scenario"]["host"]["type"] == ["prefill", "decode"]
+
+
+def test_emulated_banner_and_mix_warning(real_tree, tmp_path):
+    emu = make_tree(tmp_path / "emu", reps=1, n_per_rep=40, emulated=True, deployments=(("vllm", "colocated"),))
+    r = _report(emu, "--name", "e", "--out", tmp_path)
+    assert r.exit_code == 0 and "EMULATED" in (tmp_path / "e" / "index.html").read_text()
+    r = _report(emu, real_tree, "--name", "mix", "--out", tmp_path, "--bootstrap", "100")
+    assert r.exit_code == 0
+    md = (tmp_path / "mix" / "report.md").read_text()
+    assert "MIX emulated and real" in md and "MIXED" in md and "MIXED" in r.stderr
+
+
+def test_bad_inputs_are_messages_not_crashes(tmp_path):
+    tree = make_tree(tmp_path / "t", reps=2, n_per_rep=30, emulated=False, deployments=(("sglang", "colocated"),),
+                     rates=(4.0,))
+    (tree / "sglang-colocated" / "rate=4" / "rep0" / "requests.parquet").write_bytes(b"not parquet")
+    pj = tree / "sglang-colocated" / "rate=4" / "rep1" / "point.json"
+    pj.write_text(json.dumps(json.loads(pj.read_text()) | {"status": "partial", "failure": "load timed out"}))
+    r = _report(tree, "--name", "bad", "--out", tmp_path)
+    assert r.exit_code == 0, r.output
+    md = (tmp_path / "bad" / "report.md").read_text()
+    assert "unreadable requests.parquet" in md and "PARTIAL" in md and "load timed out" in md
+    r = _report(tmp_path / "nothing", "--name", "x", "--out", tmp_path)
+    assert r.exit_code == 2 and r.stderr.startswith("pdsuite: error:") and r.stderr.count("\n") == 1
+
+
+def test_corrupt_point_json_and_schema_version(tmp_path):
+    tree = make_tree(tmp_path / "t", reps=2, n_per_rep=30, emulated=False, deployments=(("vllm", "colocated"),),
+                     rates=(4.0,), metrics=False)
+    (tree / "vllm-colocated" / "rate=4" / "rep0" / "point.json").write_text("{broken")
+    m = json.loads((tree / "manifest.json").read_text())
+    (tree / "manifest.json").write_text(json.dumps(m | {"schema_version": "9.0"}))
+    r = _report(tree, "--name", "c", "--out", tmp_path)
+    assert r.exit_code == 0
+    md = (tmp_path / "c" / "report.md").read_text()
+    assert "corrupt point.json" in md and "schema 9.0" in md
+    assert pd.read_csv(tmp_path / "c" / "summary.csv")["reps"].max() == 1
