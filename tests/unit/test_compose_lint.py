@@ -1,0 +1,225 @@
+"""Lint of the GENERATED compose stack: what a GPU user runs must be safe and wired as intended.
+
+Reads yaml.safe_load(render()) - the same text `pdsuite gen` writes - and resolves ${VAR:-default} itself.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+
+import pytest
+import yaml
+
+from suite.config import Settings
+from suite.deploy.catalog import deployments
+from suite.deploy.compose import render
+from suite.deploy.model import Backend, Topology
+
+REF = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
+# cap_add entries that are documented (docs/gpu-runbook.md) - none today: CUDA IPC needs ipc/pid host, not caps.
+ALLOWED_CAPS: set[str] = set()
+
+
+def resolve(text: str, env: dict[str, str] | None = None) -> str:
+    env = env or {}
+    return REF.sub(lambda m: env.get(m.group(1), m.group(2) or ""), text)
+
+
+@pytest.fixture(scope="module")
+def stack() -> dict:
+    return yaml.safe_load(render())
+
+
+@pytest.fixture(scope="module")
+def services(stack) -> dict[str, dict]:
+    return stack["services"]
+
+
+def argv(svc: dict) -> list[str]:
+    cmd = svc.get("command", [])
+    return shlex.split(cmd) if isinstance(cmd, str) else list(cmd)
+
+
+def opt(args: list[str], flag: str) -> str | None:
+    return args[args.index(flag) + 1] if flag in args else None
+
+
+def servers(services: dict[str, dict]):
+    """Long-running services (everything but one-shot setup checks)."""
+    return {n: s for n, s in services.items() if s.get("labels", {}).get("pdsuite.role") not in ("setup",)}
+
+
+def test_every_deployment_is_a_profile_with_its_services(services):
+    profiles = {p for s in services.values() for p in s["profiles"]}
+    assert profiles == set(deployments()) | {"locust"}
+    for dep in deployments().values():
+        in_profile = {n for n, s in services.items() if dep.name in s["profiles"]}
+        assert set(dep.services) <= in_profile, dep.name
+
+
+def test_servers_bind_the_configured_address(services):
+    for name, svc in servers(services).items():
+        args = argv(svc)
+        if "--worker" in args:  # a locust worker serves nothing
+            continue
+        # locust's --host is its target; its master listens for workers on --master-bind-host (default: all)
+        if "locust" in args:
+            hosts = [opt(args, "--web-host"), opt(args, "--master-bind-host")]
+        else:  # engines and routers; routers also serve Prometheus on their own port
+            hosts = [opt(args, "--host")] + [h for h in [opt(args, "--prometheus-host")] if h]
+        assert all(h == "${BIND_ADDRESS:-127.0.0.1}" for h in hosts), (name, hosts)
+
+
+def test_nothing_is_exposed_on_all_interfaces(services):
+    text = render()
+    assert "0.0.0.0" not in text
+    for name, svc in services.items():
+        assert svc.get("network_mode") == "host", name  # host network: nothing published, binds decide
+        for p in svc.get("ports", []):  # if anyone adds ports, they must be bound to the configured address
+            assert str(p).startswith("${BIND_ADDRESS"), (name, p)
+
+
+def test_a_wildcard_bind_address_is_visible_in_settings_not_hidden():
+    # the one way to expose servers is the documented setting; the default must be loopback
+    assert Settings().BIND_ADDRESS == "127.0.0.1"
+    assert "${BIND_ADDRESS:-0.0.0.0}" in render(Settings(BIND_ADDRESS="0.0.0.0"))
+
+
+def test_no_privileged_containers_or_undocumented_caps(services):
+    for name, svc in services.items():
+        assert not svc.get("privileged", False), name
+        assert set(svc.get("cap_add", [])) <= ALLOWED_CAPS, (name, svc.get("cap_add"))
+        assert "devices" not in svc, name  # GPUs come only through deploy reservations
+        assert not any(str(v).startswith("/var/run/docker.sock") for v in svc.get("volumes", [])), name
+
+
+def test_no_disable_log_stats_anywhere():
+    assert "--disable-log-stats" not in render()
+
+
+def _kv_ports(svc: dict) -> set[str]:
+    env = svc.get("environment", {})
+    args = argv(svc)
+    found = {env.get("VLLM_NIXL_SIDE_CHANNEL_PORT"), opt(args, "--kv-port")}
+    return {resolve(p) for p in found if p}
+
+
+@pytest.mark.parametrize("name", [n for n, d in deployments().items()
+                                  if d.framework == "vllm" and d.topology is Topology.DISAGG
+                                  and d.backend is not Backend.CPU])
+def test_nixl_side_channel_ports_distinct(services, name):
+    dep = deployments()[name]
+    p, d = (services[dep.service(e.name)] for e in dep.engines)
+    pp, dp = _kv_ports(p), _kv_ports(d)
+    assert pp and dp, "prefill and decode must each set a NIXL side-channel port"
+    assert pp.isdisjoint(dp)
+    if dep.backend is Backend.GPU:  # the side channel listens on the configured address too
+        assert p["environment"]["VLLM_NIXL_SIDE_CHANNEL_HOST"] == "${BIND_ADDRESS:-127.0.0.1}"
+
+
+# Which host GPUs each engine of a topology must reserve (P = PREFILL_GPU, D = DECODE_GPU).
+EXPECTED_GPUS = {
+    Topology.DISAGG: {"prefill": ["0", "1"], "decode": ["0", "1"]},  # both visible: CUDA IPC between them
+    Topology.TP2: {"engine": ["0", "1"]},
+    Topology.COLOCATED: {"engine": ["0"]},
+    Topology.DP2: {"replica0": ["0"], "replica1": ["1"]},
+}
+
+
+def _device_ids(svc: dict, env: dict[str, str] | None = None) -> list[str] | None:
+    devs = svc.get("deploy", {}).get("resources", {}).get("reservations", {}).get("devices")
+    if not devs:
+        return None
+    assert len(devs) == 1 and devs[0]["driver"] == "nvidia" and devs[0]["capabilities"] == ["gpu"]
+    return [resolve(str(i), env) for i in devs[0]["device_ids"]]
+
+
+@pytest.mark.parametrize("name", [n for n, d in deployments().items() if d.backend is Backend.GPU])
+def test_gpu_reservations_per_engine(services, name):
+    dep = deployments()[name]
+    expected = EXPECTED_GPUS[dep.topology]
+    assert {e.name for e in dep.engines} == set(expected)
+    for eng in dep.engines:
+        svc = services[dep.service(eng.name)]
+        assert _device_ids(svc) == expected[eng.name], eng.name
+        # settings move the pins: P=2, D=5 reserves exactly those
+        moved = _device_ids(svc, {"PREFILL_GPU": "2", "DECODE_GPU": "5"})
+        assert moved == [{"0": "2", "1": "5"}[g] for g in expected[eng.name]]
+        assert svc["ipc"] == "host" and svc["pid"] == "host"  # CUDA IPC across containers (engines.md)
+    if dep.router:
+        assert _device_ids(services[dep.service("router")]) is None
+
+
+@pytest.mark.parametrize("name", [n for n, d in deployments().items()
+                                  if d.backend is Backend.GPU and d.topology is Topology.DISAGG])
+def test_disagg_engines_pick_different_gpus(services, name):
+    dep = deployments()[name]
+    picks = []
+    for eng in dep.engines:
+        svc = services[dep.service(eng.name)]
+        picks.append((svc["environment"].get("CUDA_VISIBLE_DEVICES"), opt(argv(svc), "--base-gpu-id")))
+    assert picks[0] != picks[1], picks
+
+
+def test_healthchecks_and_router_gating(services):
+    for dep in deployments().values():
+        for svc_name in dep.services:
+            svc = services[svc_name]
+            hc = svc.get("healthcheck")
+            assert hc and hc["test"][0] == "CMD", svc_name
+            assert "${BIND_ADDRESS:-127.0.0.1}" in hc["test"][-1], svc_name
+            assert int(re.sub(r"\D", "", hc["timeout"])) >= 10, svc_name  # busy 2-core CI box (docker-ci.md)
+        if dep.router:
+            deps_on = services[dep.service("router")]["depends_on"]
+            assert deps_on == {dep.service(e.name): {"condition": "service_healthy"} for e in dep.engines}
+
+
+def test_gpu_engines_have_a_long_start_period(services):
+    for dep in deployments().values():
+        if dep.backend is not Backend.GPU:
+            continue
+        for eng in dep.engines:
+            sp = services[dep.service(eng.name)]["healthcheck"]["start_period"]
+            assert int(resolve(sp).rstrip("s")) >= 600, sp  # an 8B model load from a cold cache
+
+
+def test_every_deployment_serves_the_one_endpoint(services):
+    for dep in deployments().values():
+        args = argv(services[dep.endpoint_service])
+        assert opt(args, "--port") == "${ENDPOINT_PORT:-8000}", dep.name
+        others = [s for s in dep.services if s != dep.endpoint_service]
+        assert all(opt(argv(services[s]), "--port") != "${ENDPOINT_PORT:-8000}" for s in others), dep.name
+
+
+def test_emulated_services_are_labelled_and_never_in_a_gpu_profile(services):
+    gpu_profiles = {n for n, d in deployments().items() if d.backend is Backend.GPU}
+    emulated = {n for n, s in services.items() if s["labels"].get("pdsuite.emulated") == "true"}
+    expected = {s for d in deployments().values() if d.backend is Backend.EMU for s in d.services}
+    assert emulated == expected and emulated
+    for name in emulated:
+        assert not set(services[name]["profiles"]) & gpu_profiles, name
+        assert _device_ids(services[name]) is None, name
+    for name, svc in services.items():
+        if set(svc["profiles"]) & gpu_profiles:
+            assert svc["labels"]["pdsuite.emulated"] == "false", name
+
+
+def test_gpu_profiles_use_the_engine_images_and_mount_the_model_cache(services):
+    for dep in deployments().values():
+        if dep.backend is not Backend.GPU:
+            continue
+        for eng in dep.engines:
+            svc = services[dep.service(eng.name)]
+            assert svc["image"].startswith(("${VLLM_IMAGE", "${SGLANG_IMAGE")), svc["image"]
+            assert any(v.endswith("/root/.cache/huggingface") for v in svc["volumes"])
+            assert svc["environment"]["HF_TOKEN"] == "${HF_TOKEN:-}"
+
+
+def test_locust_profile(services):
+    master, worker = services["locust-master"], services["locust-worker"]
+    assert opt(argv(master), "--web-port") == "${LOCUST_WEB_PORT:-8089}"
+    assert opt(argv(master), "--host") == "http://${BIND_ADDRESS:-127.0.0.1}:${ENDPOINT_PORT:-8000}"
+    assert worker["deploy"]["replicas"] == "${LOCUST_WORKERS:-2}"
+    # workers reach the master where it listens: the configured address
+    assert opt(argv(worker), "--master-host") == "${BIND_ADDRESS:-127.0.0.1}"
