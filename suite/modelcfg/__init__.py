@@ -33,6 +33,7 @@ class ModelSize:
     params_total: float
     params_active: float  # per token (MoE: shared + top-k experts)
     weight_dtype_bytes: int
+    intermediate: int | None = None  # dense MLP width (prefill timing builds the layers from it)
 
     def kv_bytes_per_token(self, kv_dtype: str = "auto") -> int:
         b = self._dtype_bytes(kv_dtype)
@@ -124,7 +125,7 @@ def size_model(cfg: dict, name: str = "model") -> ModelSize:
     active = layers * attn + mlp_active + vocab * hidden  # the LM head is used per token, the embedding is a lookup
     return ModelSize(name=name, layers=layers, hidden=hidden, heads=heads, kv_heads=kv_heads, head_dim=head_dim,
                      vocab=vocab, mla_latent_dim=mla, params_total=float(total), params_active=float(active),
-                     weight_dtype_bytes=wbytes)
+                     weight_dtype_bytes=wbytes, intermediate=inter)
 
 
 def bundled() -> list[str]:
