@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from suite.emulator.scheduler import Scheduler, SimRequest, Step
 
-MAX_BEHIND_S = 0.02
+MAX_BEHIND_S = 2e-3
 
 
 class EmissionStats:
