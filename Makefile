@@ -58,6 +58,16 @@ $(addprefix up-,$(DEPLOYMENTS)): up-%: venv  ## up-<framework>-<deployment>: sta
 	$(PDSUITE) doctor --profile $*
 	$(COMPOSE) --profile $* up -d --wait
 
+KVPROBE_ARGS ?= --prefill
+KVPROBE_OUT  ?= results/kvprobe.json
+kvprobe: venv  ## KV-transfer link probe (copy, NCCL P2P, NIXL) inside the vLLM image on PREFILL_GPU+DECODE_GPU
+	@set -e; read -r img p d < <($(BIN)/python -c 'from suite.config import load_settings as l; s = l(); \
+	  print(s.VLLM_IMAGE, s.PREFILL_GPU, s.DECODE_GPU)'); mkdir -p $(dir $(KVPROBE_OUT)); \
+	echo "kvprobe in $$img on GPUs $$p,$$d -> $(KVPROBE_OUT)"; \
+	docker run --rm --gpus "\"device=$$p,$$d\"" --ipc=host --network=host --shm-size=8g \
+	  --user "$$(id -u):$$(id -g)" -e HOME=/tmp -e PYTHONPATH=/suite -v "$(CURDIR):/suite" -w /suite \
+	  --entrypoint python3 "$$img" -m suite.kvprofile --out $(KVPROBE_OUT) $(KVPROBE_ARGS)
+
 down:  ## stop every profile (always safe to run)
 	COMPOSE_PROFILES='*' $(COMPOSE) down --remove-orphans --timeout 30
 
