@@ -198,7 +198,9 @@ def _run_point(plan: Plan, settings: Settings, driver: Driver, name: str, label:
                            timeout_s=plan.point_timeout_s)
         result.load_wall_s = time.monotonic() - t
         state.timings.load_s += result.load_wall_s
-        result.native["load_summary"] = _as_dict(summary)
+        result.native["load_summary"] = _as_dict(summary) | {"records": "requests.parquet"}  # relative: dir moves
+        if getattr(summary, "failure", None):
+            raise RuntimeError(summary.failure)
         t = time.monotonic()
         snapshot(urls, tmp / "metrics" / "after")
         state.timings.scrape_s += time.monotonic() - t
