@@ -35,7 +35,8 @@ def report(ds, dep: str, point: str) -> dict:
     first = pts.iloc[0]
     services = json.loads(first["services"]) if isinstance(first.get("services"), str) else {}
     engines = [role for role in services.values() if role in HOST_TYPE]
-    dur = float(np.nansum([(r[r["pidx"] == p]["done"].max() - r[r["pidx"] == p]["sent"].min()) for p in pts.index]))
+    span = r.groupby("pidx")[["sent", "done"]].agg({"sent": "min", "done": "max"})
+    dur = float(np.nansum(span["done"] - span["sent"]))
     n_in = float(np.nansum(r["prompt_tokens"].where(r["prompt_tokens"].notna(), r["input_tokens"])[ok]))
     n_out = float(np.nansum(r["n_out"][ok]))
     per_s = (lambda v: v / dur) if dur > 0 else (lambda v: math.nan)
@@ -56,7 +57,7 @@ def report(ds, dep: str, point: str) -> dict:
         },
         "metrics": {
             "time": {"duration": dur},
-            "requests": {"total": len(r), "failures": int((r["status"] == "error").sum()),
+            "requests": {"total": len(r), "failures": int(r["err"].sum()),
                          "incomplete": int((~ok).sum()),
                          "input_length": stats(r["input_tokens"].to_numpy(float), "count"),
                          "output_length": stats(r["n_out"].to_numpy(float)[ok], "count")},

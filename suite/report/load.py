@@ -56,7 +56,21 @@ def _major(v: str) -> str:
     return str(v).split(".")[0]
 
 
-def _derive(table: pa.Table, pidx: int) -> tuple[dict, dict]:
+def _is(col, value: str) -> np.ndarray:
+    return pc.fill_null(pc.equal(col, value), False).to_numpy(zero_copy_only=False)
+
+
+def _codes(table: pa.Table, name: str, default: str, classes: dict[str, int]) -> np.ndarray:
+    """Class names -> global int codes via arrow's dictionary encoding (no per-row Python strings)."""
+    if name not in table.column_names:
+        return np.full(table.num_rows, classes.setdefault(default, len(classes)), dtype=np.int16)
+    enc = pc.dictionary_encode(table.column(name).combine_chunks().fill_null(default))
+    remap = np.array([classes.setdefault(str(v), len(classes)) for v in enc.dictionary.to_pylist()] or [0],
+                     dtype=np.int16)
+    return remap[enc.indices.to_numpy(zero_copy_only=False)]
+
+
+def _derive(table: pa.Table, pidx: int, classes: dict[str, int]) -> tuple[dict, dict]:
     """Request-level columns and the flat inter-token gaps, computed with arrow/numpy only."""
     def col(name, fill=np.nan):
         if name not in table.column_names:
@@ -71,14 +85,13 @@ def _derive(table: pa.Table, pidx: int) -> tuple[dict, dict]:
     n_out = np.where(np.isnan(completion), lens, completion)
     with np.errstate(invalid="ignore", divide="ignore"):
         tpot = np.where(n_out >= 2, (done - first) / (n_out - 1), np.nan)
-    cls = table.column("request_class").to_numpy(zero_copy_only=False) if "request_class" in table.column_names \
-        else np.full(table.num_rows, "default", dtype=object)
-    status = table.column("status").to_numpy(zero_copy_only=False) if "status" in table.column_names \
-        else np.full(table.num_rows, "ok", dtype=object)
+    cls = _codes(table, "request_class", "default", classes)
+    status = table.column("status") if "status" in table.column_names else pa.array(["ok"] * table.num_rows)
     req = {"pidx": np.full(table.num_rows, pidx, dtype=np.int32), "cls": cls,
            "input_tokens": col("input_tokens"), "prompt_tokens": col("prompt_tokens"), "n_out": n_out,
-           "sent": sent, "done": done, "ttft": first - sent, "e2e": done - sent, "tpot": tpot, "status": status}
-    itl = {"pidx": np.zeros(0, dtype=np.int32), "cls": np.zeros(0, dtype=object), "itl": np.zeros(0)}
+           "sent": sent, "done": done, "ttft": first - sent, "e2e": done - sent, "tpot": tpot,
+           "ok": _is(status, "ok"), "err": _is(status, "error"), "tmo": _is(status, "timeout")}
+    itl = {"pidx": np.zeros(0, dtype=np.int32), "cls": np.zeros(0, dtype=np.int16), "itl": np.zeros(0)}
     if tt is not None and len(tt):
         flat = tt.flatten().to_numpy(zero_copy_only=False)
         if len(flat) > 1:
@@ -113,6 +126,7 @@ class _Builder:
         self.hist: dict = {}
         self.manifests: list[dict] = []
         self.messages: list[tuple[str, str]] = []
+        self.classes: dict[str, int] = {}
 
     def msg(self, level: str, text: str) -> None:
         self.messages.append((level, text))
@@ -120,7 +134,7 @@ class _Builder:
     def add_point(self, row: dict, table: pa.Table | None) -> int:
         pidx = len(self.points)
         if table is not None:
-            req, itl = _derive(table, pidx)
+            req, itl = _derive(table, pidx, self.classes)
             self.req.append(req)
             self.itl.append(itl)
             row["n_requests"] = table.num_rows
@@ -136,12 +150,10 @@ class _Builder:
 
         req = pd.DataFrame({k: cat(self.req, k) for k in (self.req[0] if self.req else {"pidx": 0})})
         itl = pd.DataFrame({k: cat(self.itl, k) for k in ("pidx", "cls", "itl")})
+        names = sorted(self.classes, key=self.classes.get)
         for df in (req, itl):
             if "cls" in df:
-                df["cls"] = df["cls"].astype("category")
-        if "status" in req:
-            req["status"] = req["status"].astype("category")
-            req["ok"] = (req["status"] == "ok").to_numpy()
+                df["cls"] = pd.Categorical.from_codes(df["cls"].to_numpy().astype(np.int16), categories=names)
         return Dataset(pd.DataFrame(self.points), req, itl, pd.DataFrame(self.metric_rows), self.hist,
                        self.manifests, _collapse(self.messages))
 

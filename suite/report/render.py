@@ -48,7 +48,7 @@ def _md_table(df: pd.DataFrame, cols: list[tuple[str, str]], cell=None) -> str:
 
 def _png(fig) -> bytes:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
+    fig.savefig(buf, format="png", dpi=90)
     import matplotlib.pyplot as plt
 
     plt.close(fig)

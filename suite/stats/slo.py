@@ -15,12 +15,12 @@ DEFAULT_SLO = {"ttft_s": 2.0, "tpot_s": 0.1}
 
 
 def goodput_mask(ttft: np.ndarray, tpot: np.ndarray, ok: np.ndarray, classes: np.ndarray,
-                 slos: dict[str, dict]) -> np.ndarray:
+                 slos: dict) -> np.ndarray:
     """True where a request succeeded and met its class's TTFT and TPOT SLOs.
     A request with one output token has no TPOT (NaN): only its TTFT is judged."""
     good = ok.copy()
     for cls in np.unique(classes):
-        slo = slos.get(str(cls), DEFAULT_SLO)
+        slo = slos.get(cls.item() if hasattr(cls, "item") else cls) or DEFAULT_SLO  # keys: names or int codes
         sel = classes == cls
         t_ok = ttft[sel] <= slo.get("ttft_s", math.inf)
         p_ok = np.isnan(tpot[sel]) | (tpot[sel] <= slo.get("tpot_s", math.inf))
