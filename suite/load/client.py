@@ -112,7 +112,9 @@ class _Stream:
         if left <= 0:
             raise TimeoutError("request timed out")
         self.sock.settimeout(left)
-        data, anc, _, _ = self.sock.recvmsg(262144, 64)
+        # Small reads: TCP reports the stamp of the last segment a read consumed, so when this process reads late
+        # a big read would give earlier tokens a later token's arrival time.
+        data, anc, _, _ = self.sock.recvmsg(1024, 64)
         ts = None
         for level, kind, raw in anc:
             if level == socket.SOL_SOCKET and kind == SCM_TIMESTAMPNS and len(raw) >= 16:
