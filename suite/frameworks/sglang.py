@@ -41,6 +41,9 @@ def check(argv):
 @register
 class SGLang(Framework):
     name = "sglang"
+    # sglang-router 0.3.2 rejects `prompt: [ids]` on /v1/completions ("data did not match any variant of untagged
+    # enum StringOrArray"), so the load generator sends exact-count text
+    prompt_token_ids = False
     image_setting = "SGLANG_IMAGE"
     extra_args_setting = "SGLANG_EXTRA_ARGS"
     entrypoint = ["python3", "-m", "sglang.launch_server"]
@@ -106,6 +109,16 @@ class SGLang(Framework):
         "e2e_s": MetricMap("sglang:e2e_request_latency_seconds"),
         "queue_s": MetricMap("sglang:queue_time_seconds"),
         "prefill_s": MetricMap("sglang:per_stage_req_latency_seconds", labels={"stage": "prefill_forward"}),
+        # P/D stages (req_time_stats.py): P bootstrap = handshake with D + D's KV allocation; P transfer stage =
+        # transfer queue -> KV sent; D prepare/bootstrap before the transfer; D "transferred" = waiting for the KV,
+        # which includes P's queue and prefill (not pure DMA); fake_output = D's first (prebuilt) step.
+        "prefill_bootstrap_s": MetricMap("sglang:per_stage_req_latency_seconds", labels={"stage": "prefill_bootstrap"}),
+        "kv_transfer_stage_s": MetricMap("sglang:per_stage_req_latency_seconds",
+                                         labels={"stage": "prefill_transfer_kv_cache"}),
+        "decode_prepare_s": MetricMap("sglang:per_stage_req_latency_seconds", labels={"stage": "decode_prepare"}),
+        "decode_bootstrap_s": MetricMap("sglang:per_stage_req_latency_seconds", labels={"stage": "decode_bootstrap"}),
+        "kv_wait_s": MetricMap("sglang:per_stage_req_latency_seconds", labels={"stage": "decode_transferred"}),
+        "first_decode_s": MetricMap("sglang:per_stage_req_latency_seconds", labels={"stage": "fake_output"}),
         "kv_transfer_s": MetricMap("sglang:kv_transfer_latency_ms", scale=MS),
         "kv_transfer_bytes": MetricMap("sglang:kv_transfer_total_mb", scale=MB),
         "kv_transfer_bandwidth_Bps": MetricMap("sglang:kv_transfer_speed_gb_s", scale=GB),

@@ -47,7 +47,8 @@ def measured_link(probe: dict, name: str = "NVLink (measured)") -> Link:
     if not fit:
         raise ValueError("kvprobe result has no coalesced fit (run the coalesced pattern at >= 2 lengths)")
     env = probe.get("environment", {})
-    where = ", ".join(env.get("gpus") or ["CPU"])
+    gpus = env.get("gpus") or ["CPU"]
+    where = f"{len(gpus)}x {gpus[0]}" if len(set(gpus)) == 1 else ", ".join(gpus)
     return Link(name, fit["bandwidth_gbps"] * 1e9, max(fit["latency_us"], 0.0) * 1e-6,
                 f"measured: kvprobe {probe.get('created', '?')} on {where}, {probe.get('backend')} "
                 f"{env.get('nccl', '')}, fit of coalesced sends".replace("  ", " "))

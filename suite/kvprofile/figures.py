@@ -54,11 +54,27 @@ def plot_kv_section(data: dict, path: str | Path) -> Path:
     """Left: transfer time per link (lines) and measured patterns (markers) against prefill time. Right: share of
     (prefill + transfer) spent in transfer, per link."""
     plt = _plt()
+    fig = kv_section_figure(data)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def kv_section_figure(data: dict, runs: list[dict] | None = None):
+    """The figure of plot_kv_section as a Figure (the report inlines it). runs: transfers measured in P/D runs,
+    [{"label", "tokens", "ms"}], drawn as filled markers on the left axis."""
+    plt = _plt()
     fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.5))
     for name, s in data["link_lines"].items():
-        a.plot(s["tokens"], s["ms"], "-", lw=1.2, label=f"{name}")
+        src = next((ln["source"] for ln in data.get("links", []) if ln["link"] == name), "")
+        tag = "" if "measured" in name or not src else f" ({src.split(':')[0]})"
+        a.plot(s["tokens"], s["ms"], "-", lw=1.2, label=f"{name}{tag}")
     for pattern, s in data.get("measured", {}).items():
-        a.plot(s["tokens"], s["ms"], "o", ms=4, label=f"measured: {LABELS.get(pattern, pattern)}")
+        a.plot(s["tokens"], s["ms"], "o", ms=4, mfc="none", label=f"kvprobe: {LABELS.get(pattern, pattern)}")
+    for r in runs or []:
+        a.plot(r["tokens"], r["ms"], "D", ms=6, label=f"run: {r['label']}")
     if data.get("prefill"):
         p = data["prefill"]
         frac = next((c["penalty_fraction"] for c in data["crossover"]), 1.0)
@@ -68,16 +84,38 @@ def plot_kv_section(data: dict, path: str | Path) -> Path:
         for name in data["link_lines"]:
             tr = data["link_lines"][name]["ms"]
             b.plot(toks, [t / (t + q) for t, q in zip(tr, p["ms"], strict=True)], "-", label=name)
-    a.set(xscale="log", yscale="log", xlabel="prompt tokens", ylabel="ms",
+    else:
+        b.text(0.5, 0.5, "no prefill timing: share not computed", ha="center", va="center", transform=b.transAxes)
+    a.set(xscale="log", yscale="log", xlabel="prompt tokens", ylabel="KV transfer time (ms)",
           title=f"KV transfer vs co-location penalty: {data['model']['model']}")
     b.set(xscale="log", yscale="log", xlabel="prompt tokens", ylabel="transfer / (prefill + transfer)",
           title="share of P/D TTFT spent moving the KV (no queueing)")
     for ax in (a, b):
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return fig
+
+
+COMPONENTS = (("queue_p", "queue on P"), ("prefill_p", "prefill on P"), ("transfer", "KV transfer"),
+              ("first_decode", "first decode step"), ("other", "rest (router, HTTP, D queue)"))
+
+
+def decomposition_figure(rows: list[dict]):
+    """Stacked bars: mean TTFT(P/D) = queue + prefill on P + transfer + first decode step + rest, per P/D point.
+    rows: {"label", "components_s": {...}, "ttft_s"}."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.45 * len(rows)))
+    labels = [r["label"] for r in rows]
+    left = [0.0] * len(rows)
+    for key, name in COMPONENTS:
+        v = [max(0.0, (r["components_s"].get(key) or 0.0)) * 1e3 for r in rows]
+        ax.barh(labels, v, left=left, label=name)
+        left = [x + y for x, y in zip(left, v, strict=True)]
+    ax.plot([(r["ttft_s"] or 0) * 1e3 for r in rows], labels, "k|", ms=14, mew=2, label="client mean TTFT")
+    ax.set(xlabel="ms per request (means)", title="TTFT(P/D) = queue + prefill on P + KV transfer + first decode")
+    ax.grid(alpha=0.3, axis="x")
+    ax.legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.25 if len(rows) > 2 else -0.45))
+    fig.tight_layout()
+    return fig

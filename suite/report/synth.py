@@ -23,7 +23,10 @@ ROLES = {"disagg": {"prefill": "prefill", "decode": "decode", "router": "router"
 SPEED = {"disagg": 0.6, "colocated": 1.0, "tp2": 0.7, "dp2": 0.8}  # TTFT scale vs co-located (made up)
 
 
-def _hist(native: str, xs: np.ndarray, scale: float, labels: str) -> str:
+def _hist(m, xs: np.ndarray, labels: str) -> str:
+    """A histogram page for MetricMap m (its label selector included, e.g. SGLang's stage)."""
+    native, scale = m.native, m.scale
+    labels += "".join(f'{k}="{v}",' for k, v in m.labels.items())
     le = np.array(BUCKETS_S) / scale
     v = xs / scale
     lines = [f"# TYPE {native} histogram"]
@@ -48,19 +51,19 @@ def metrics_text(framework: str, role: str, ttft: np.ndarray, prompt_tokens: np.
     if fw.role_label:
         inv = {v: k for k, v in fw.role_values.items()}
         lab += f'{fw.role_label}="{inv.get(role, role)}",'
-    parts = [_hist(t["ttft_s"].native, ttft, t["ttft_s"].scale, lab),
-             _hist(t["queue_s"].native, ttft * 0.1, t["queue_s"].scale, lab),
-             _hist(t["e2e_s"].native, ttft * 3, t["e2e_s"].scale, lab),
+    parts = [_hist(t["ttft_s"], ttft, lab),
+             _hist(t["queue_s"], ttft * 0.1, lab),
+             _hist(t["e2e_s"], ttft * 3, lab),
              _counter(t["prompt_tokens"].native, prompt_tokens.sum(), lab),
              _counter(t["generation_tokens"].native, len(ttft) * 16, lab),
              _counter(t["requests_completed"].native, len(ttft), lab)]
     if "prefill_s" in t and role in ("prefill", "colocated"):
-        parts.append(_hist(t["prefill_s"].native, ttft * 0.8, t["prefill_s"].scale, lab))
+        parts.append(_hist(t["prefill_s"], ttft * 0.8, lab))
     if role == "decode":  # synthetic: transfers recorded on the decode side (real engines differ; see tables)
         nbytes = prompt_tokens * kv_bytes_per_token
         xfer = 2e-4 + nbytes / link_Bps
-        parts.append(_hist(t["kv_transfer_s"].native, xfer, t["kv_transfer_s"].scale, lab))
-        parts.append(_hist(t["kv_transfer_bytes"].native, nbytes, t["kv_transfer_bytes"].scale, lab))
+        parts.append(_hist(t["kv_transfer_s"], xfer, lab))
+        parts.append(_hist(t["kv_transfer_bytes"], nbytes, lab))
     return "\n".join(parts) + "\n"
 
 
@@ -97,7 +100,7 @@ def _records(rng, n: int, speed: float, rate: float, out_tokens: int, classes: d
 def make_tree(root: str | Path, deployments=(("vllm", "disagg"), ("vllm", "colocated")), rates=(2.0, 8.0),
               reps: int = 3, n_per_rep: int = 200, out_tokens: int = 8, classes: dict[str, int] | None = None,
               emulated: bool = True, seed: int = 0, metrics: bool = True, kv_bytes_per_token: float = 131072.0,
-              backend: str | None = None) -> Path:
+              backend: str | None = None, link_Bps: float = 300e9) -> Path:
     classes = classes or {"short": 256, "long": 4096}
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -133,7 +136,7 @@ def make_tree(root: str | Path, deployments=(("vllm", "disagg"), ("vllm", "coloc
                 for i, (svc, role) in enumerate(engines):
                     mine = slice(i, None, len(engines)) if role == "colocated" else slice(None)  # dp2: split
                     share = ttft[mine] * (0.97 if role != "prefill" else 0.8)
-                    text = metrics_text(fw, role, share, ptoks[mine], kv_bytes_per_token)
+                    text = metrics_text(fw, role, share, ptoks[mine], kv_bytes_per_token, link_Bps)
                     (d / "metrics" / "after" / f"{svc}.prom").write_text(text)
                     (d / "metrics" / "before" / f"{svc}.prom").write_text(
                         metrics_text(fw, role, share[:0], ptoks[:0], kv_bytes_per_token))

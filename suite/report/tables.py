@@ -17,7 +17,10 @@ LATENCY = {"ttft": (0.5, 0.9, 0.99), "itl": (0.5, 0.99), "tpot": (0.5, 0.99), "e
 COMPARED = (("ttft", 0.5), ("ttft", 0.99), ("tpot", 0.5), ("itl", 0.99), ("e2e", 0.99))
 BASELINE_TOPOLOGY = "colocated"
 GROUP = ["deployment", "point", "cls"]
-BREAKDOWN = ("queue_s", "prefill_s", "kv_transfer_s", "decode_s")
+# server-side components per request, in pipeline order; stages a framework lacks are simply absent. Not here:
+# kv_wait_s (D waiting for the KV overlaps P's queue and prefill) - it would double-count.
+BREAKDOWN = ("decode_prepare_s", "decode_bootstrap_s", "prefill_bootstrap_s", "queue_s", "prefill_s", "kv_transfer_s",
+             "first_decode_s", "decode_s")
 
 
 @dataclass
@@ -195,10 +198,28 @@ def _breakdown(ds: Dataset) -> pd.DataFrame:
     m = _pm(ds)
     if m.empty:
         return pd.DataFrame()
-    m = m[m["metric"].isin(BREAKDOWN) & (m["kind"] == "histogram")]
-    g = m.groupby(["framework", "deployment", "role", "metric"], observed=True)[["sum", "count"]].sum()
+    h = m[m["kind"] == "histogram"]
+    keys = ["framework", "deployment", "role", "metric"]
+    g = h[h["metric"].isin(BREAKDOWN)].groupby(keys, observed=True)[["sum", "count"]].sum()
     g["mean_s"] = g["sum"] / g["count"].where(g["count"] > 0)
-    return g.reset_index()
+    g = g.reset_index()
+    # an engine without a per-request decode-time histogram (SGLang): decode = mean E2E - mean TTFT on that role
+    e = h[h["metric"].isin(("e2e_s", "ttft_s"))].groupby(keys, observed=True)[["sum", "count"]].sum().reset_index()
+    have = set(map(tuple, g[["deployment", "role"]][g["metric"] == "decode_s"].to_numpy().tolist()))
+    rows = []
+    for (fw, dep, role), x in e.groupby(["framework", "deployment", "role"], observed=True):
+        x = x.set_index("metric")
+        if (dep, role) in have or role == "prefill" or not {"e2e_s", "ttft_s"} <= set(x.index):
+            continue
+        if x.loc["e2e_s", "count"] > 0 and x.loc["ttft_s", "count"] > 0:
+            mean = x.loc["e2e_s", "sum"] / x.loc["e2e_s", "count"] - x.loc["ttft_s", "sum"] / x.loc["ttft_s", "count"]
+            rows.append({"framework": fw, "deployment": dep, "role": role, "metric": "decode_s",
+                         "sum": math.nan, "count": x.loc["e2e_s", "count"], "mean_s": max(0.0, mean),
+                         "derived": "e2e_s - ttft_s"})
+    out = pd.concat([g, pd.DataFrame(rows)], ignore_index=True) if rows else g
+    order = {k: i for i, k in enumerate(BREAKDOWN)}
+    return out.sort_values(["deployment", "role", "metric"], key=lambda c: c.map(order) if c.name == "metric"
+                           else c).reset_index(drop=True)
 
 
 def _kv_rows(ds: Dataset) -> pd.DataFrame:
