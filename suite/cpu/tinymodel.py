@@ -53,7 +53,7 @@ def config() -> dict:
         "head_dim": HIDDEN // HEADS, "max_position_embeddings": MAX_POSITIONS, "hidden_act": "silu",
         "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "attention_bias": False, "mlp_bias": False,
         "tie_word_embeddings": False, "initializer_range": 0.02,
-        # float32: P/D and co-located compute in different chunk shapes; fp32 keeps greedy ties out of the way.
+        # float32 weights; vLLM's dtype "auto" serves fp32 checkpoints in bf16 on CPU (so the KV files are bf16).
         "torch_dtype": "float32",
         "bos_token_id": SPECIAL.index(BOS), "eos_token_id": [SPECIAL.index(EOS), SPECIAL.index(EOT)],
     }
