@@ -123,7 +123,7 @@ def build(out_dir: str | Path, random_weights: bool = False, seed: int = 0) -> P
     if random_weights:
         from safetensors.numpy import save_file
 
-        save_file(weights(seed), str(st), metadata={"format": "pt", "pdsuite.seed": str(seed)})
+        save_file(weights(seed), str(st), metadata={"format": "pt"})  # one key: byte-identical builds
     elif st.exists():
         st.unlink()  # a dummy-weights folder must not silently carry old weights
     return out
