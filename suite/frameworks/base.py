@@ -40,6 +40,9 @@ class Framework:
     # label that tells an engine's role in its own metrics, if any (SGLang: engine_type)
     role_label: ClassVar[str | None] = None
     role_values: ClassVar[dict[str, str]] = {}  # role_label value -> Role value where they differ
+    # request quirk: /v1/completions through this framework's endpoint accepts `prompt: [token ids]`
+    # (False: the load generator sends text of an exact token count instead)
+    prompt_token_ids: ClassVar[bool] = True
 
     # ---- deployment -----------------------------------------------------------------------------
     def engine_args(self, dep: Deployment, eng: Engine) -> list[str]:

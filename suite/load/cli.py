@@ -20,7 +20,9 @@ def ping(
     output_tokens: int = typer.Option(16, min=1, help="Exact output length (max_tokens + ignore_eos)."),
     n: int = typer.Option(1, "-n", min=1, help="Number of requests, sent one after another."),
     api: str = typer.Option("completions", help="completions (token-id prompt) or chat (text)."),
-    tokenizer: str = typer.Option("words", help="chat only: 'words' or 'hf:<local folder>'."),
+    tokenizer: str = typer.Option("words", help="text prompts: 'words' or 'hf:<local folder>'."),
+    text: bool = typer.Option(False, help="completions: send text of the exact count instead of token ids "
+                                          "(what sglang-router needs)."),
     seed: int = typer.Option(0, help="Seed of the random prompts."),
     timeout: float = typer.Option(60.0, min=0.1, help="Per-request timeout (s)."),
 ) -> None:
@@ -38,7 +40,7 @@ def ping(
         _fail(f"--api must be completions or chat, not {api!r}")
     try:
         ep = Endpoint(url)
-        builder = PromptBuilder(api, tokenizer, seed, 0, (100, 1000))
+        builder = PromptBuilder(api, tokenizer, seed, 0, (100, 1000), text=text or api == "chat")
     except (ValueError, ConfigError) as e:
         _fail(str(e))
     t0 = time.monotonic_ns()
@@ -71,12 +73,15 @@ def load(
     out: Path = typer.Option(Path("results/load"), help="Folder for requests.parquet and summary.json."),
     workers: int = typer.Option(2, min=1, help="Locust worker processes."),
     timeout: float = typer.Option(0.0, help="Hard limit for the whole run (s); 0 = derived from the spec."),
+    deployment: str = typer.Option("", help="Catalog name of what serves URL (e.g. emu-sglang-disagg): picks the "
+                                            "prompt form and resolves tokenizer: auto."),
 ) -> None:
     """Run one load point headless (Locust master + workers) and write requests.parquet."""
+    from suite.load.resolve import resolve_spec
     from suite.load.run import run_load
     from suite.load.spec import load_spec
 
-    s = load_spec(spec)
+    s = resolve_spec(load_spec(spec), deployment or None)
     summary = run_load(url, model, s, out, workers=workers, timeout_s=timeout or None)
     typer.echo(summary.model_dump_json())
     if summary.failure:

@@ -1,7 +1,8 @@
 """Prompts with an exact input token count.
 
 completions: token-id prompts (`prompt: [ids]`), random ids seeded per request, so prefix caching neither helps nor
-hurts unless a shared prefix is asked for. chat: text built to an exact count with a tokenizer:
+hurts unless a shared prefix is asked for; or text, where the framework's router rejects ids (LoadSpec
+completions_prompt). chat and text prompts: text built to an exact count with a tokenizer:
   words       one token per whitespace-separated word (the emulator's documented rule)
   hf:<dir>    a Hugging Face tokenizer from a local folder (no hub access); the count is of the message content,
               the chat template adds its own tokens on top.
@@ -9,6 +10,7 @@ hurts unless a shared prefix is asked for. chat: text built to an exact count wi
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -79,20 +81,25 @@ class HFTokenizer:
         raise ConfigError(f"tokenizer {self.name}: could not build a prompt of exactly {n} tokens")
 
 
+@functools.lru_cache(maxsize=4)  # a persistent worker builds a real tokenizer's word list once, not per point
 def make_tokenizer(spec: str):
     if spec == "words":
         return WordsTokenizer()
     if spec.startswith("hf:"):
         return HFTokenizer(spec[3:])
-    raise ConfigError(f"unknown tokenizer {spec!r}: use 'words' or 'hf:<local folder>'")
+    if spec == "auto":
+        raise ConfigError("tokenizer 'auto' is resolved from the deployment (pdsuite run / pdsuite load --deployment);"
+                          " without one set tokenizer: words or hf:<local folder>")
+    raise ConfigError(f"unknown tokenizer {spec!r}: use 'auto', 'words' or 'hf:<local folder>'")
 
 
 class PromptBuilder:
     def __init__(self, api: str, tokenizer: str, seed: int, shared_prefix_tokens: int,
-                 token_id_range: tuple[int, int]) -> None:
+                 token_id_range: tuple[int, int], text: bool | None = None) -> None:
+        """text: build text prompts (default: only for chat; completions send token ids unless text=True)."""
         self.api = api
         self.lo, self.hi = token_id_range
-        self.tok = make_tokenizer(tokenizer) if api == "chat" else None
+        self.tok = make_tokenizer(tokenizer) if (api == "chat" if text is None else text) else None
         rng = np.random.default_rng([seed, 0x5EED])
         self.prefix = rng.integers(self.lo, self.hi, size=shared_prefix_tokens).tolist()
 

@@ -82,7 +82,11 @@ class LoadSpec(BaseModel):
     num_requests: int | None = Field(None, ge=1)  # stop after this many (whichever comes first)
     seed: int = 0
     api: Literal["completions", "chat"] = "completions"
-    tokenizer: str = "words"  # chat text: "words" (one token per word) or "hf:<local folder>"
+    # how text prompts get their exact token count: "auto" (the runner picks: emulated -> words, real engines ->
+    # the served model's tokenizer from a local folder), "words" (one token per word), "hf:<local folder>"
+    tokenizer: str = "auto"
+    # /v1/completions prompt form: "auto" = token ids unless the deployment's framework rejects them (then text)
+    completions_prompt: Literal["auto", "token_ids", "text"] = "auto"
     shared_prefix_tokens: int = Field(0, ge=0)  # > 0: every prompt starts with the same tokens (prefix caching on)
     token_id_range: tuple[int, int] = (100, 1000)  # random prompt ids drawn from [lo, hi): valid in any vocab
     max_model_len: int | None = Field(None, ge=2)  # when set, input + output must fit
@@ -92,14 +96,14 @@ class LoadSpec(BaseModel):
     @field_validator("tokenizer")
     @classmethod
     def _tokenizer(cls, v: str) -> str:
-        if v == "words":
+        if v in ("words", "auto"):
             return v
         if v.startswith("hf:"):
             path = Path(v[3:]).expanduser()
             if not path.is_dir():
                 raise ValueError(f"tokenizer folder {path} not found (hf:<local folder>; no hub access)")
             return v
-        raise ValueError(f"unknown tokenizer {v!r}: use 'words' or 'hf:<local folder>'")
+        raise ValueError(f"unknown tokenizer {v!r}: use 'auto', 'words' or 'hf:<local folder>'")
 
     @model_validator(mode="after")
     def _consistent(self) -> LoadSpec:
@@ -129,6 +133,11 @@ class LoadSpec(BaseModel):
         if self.arrival.kind == "ramp" and self.duration_s is None:
             raise ValueError("arrival 'ramp' needs duration_s")
         return self
+
+    @property
+    def text_prompts(self) -> bool:
+        """Prompts go out as text (chat, or completions with text prompts): the tokenizer decides the count."""
+        return self.api == "chat" or self.completions_prompt == "text"
 
     def shares(self) -> dict[str, float]:
         total = sum(self.mix.values())
