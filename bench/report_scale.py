@@ -40,19 +40,28 @@ def main() -> int:
     gen_s = time.monotonic() - t
     cmd = [sys.executable, "-m", "suite.cli", "report", str(tree), "--name", "scale", "--out", str(root / "reports"),
            "--bootstrap", str(a.bootstrap)]
+    load0 = " ".join(f"{x:.2f}" for x in os.getloadavg())
     t = time.monotonic()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     wall = time.monotonic() - t
-    rss_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    rss_mb, cpu_s = ru.ru_maxrss / 1024, ru.ru_utime + ru.ru_stime
     if proc.returncode:
         print(proc.stderr, file=sys.stderr)
         return proc.returncode
     total = per_rep * len(DEPLOYMENTS) * len(RATES) * REPS
     print(f"records: {total} ({a.out_tokens} output tokens each, {total * (a.out_tokens - 1)} ITL gaps), "
           f"{len(DEPLOYMENTS) * len(RATES) * REPS} repetitions; generated in {gen_s:.1f} s")
-    print(f"report: {wall:.1f} s wall, peak RSS {rss_mb:.0f} MB; bootstrap B={a.bootstrap}")
+    print(f"report: {wall:.1f} s wall, {cpu_s:.1f} s CPU (user+sys), peak RSS {rss_mb:.0f} MB; "
+          f"bootstrap B={a.bootstrap}")
+    print(f"load average before/after: {load0} / {' '.join(f'{x:.2f}' for x in os.getloadavg())} "
+          "(the 2 cores are shared: wall time depends on it)")
     print(f"machine: {platform.machine()} {os.cpu_count()} CPUs visible, python {platform.python_version()}")
     print(proc.stdout.strip().splitlines()[-1])
+    if not a.keep:
+        import shutil
+
+        shutil.rmtree(root, ignore_errors=True)
     ok = wall < 15 and rss_mb < 2048
     print("target < 15 s and < 2 GB:", "MET" if ok else "NOT MET")
     return 0 if ok else 1

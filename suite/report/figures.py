@@ -144,8 +144,10 @@ def kv_transfer(kv: pd.DataFrame):
     return fig
 
 
-def all_figures(t) -> dict:
-    figs = {"ttft_vs_input": ttft_vs_input(t.summary), "cdf_ttft_itl": cdfs(t.cdf), "vs_rate": vs_rate(t.summary),
-            "topologies": topologies(t.summary), "server_breakdown": breakdown(t.breakdown),
-            "kv_transfer": kv_transfer(t.kv)}
+def all_figures(t, skip: set[str] = frozenset()) -> dict:
+    """Figures by name; names in skip are not drawn (another section provides them)."""
+    makers = {"ttft_vs_input": lambda: ttft_vs_input(t.summary), "cdf_ttft_itl": lambda: cdfs(t.cdf),
+              "vs_rate": lambda: vs_rate(t.summary), "topologies": lambda: topologies(t.summary),
+              "server_breakdown": lambda: breakdown(t.breakdown), "kv_transfer": lambda: kv_transfer(t.kv)}
+    figs = {k: make() for k, make in makers.items() if k not in skip}
     return {k: v for k, v in figs.items() if v is not None and not (isinstance(v, float) and math.isnan(v))}

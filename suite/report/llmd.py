@@ -12,18 +12,29 @@ from pathlib import Path
 
 import numpy as np
 
+from suite.stats.histogram import HistSample, merge
+
 VERSION = "0.1"
 HOST_TYPE = {"prefill": "prefill", "decode": "decode", "colocated": "replica"}
 
 
-def stats(x: np.ndarray, units: str) -> dict:
+QS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.999)
+KEYS = ("p0p1", "p1", "p5", "p10", "p25", "p50", "p75", "p90", "p95", "p99", "p99p9")
+
+
+def stats(x, units: str) -> dict:
+    """x: values, or a HistSample (ITL: quantiles within its resolution, mean/std/min/max exact)."""
+    if isinstance(x, HistSample):
+        if not len(x):
+            return {"units": units, "mean": 0.0}
+        return {"units": units, "mean": x.mean(), "stddev": x.std(), "min": x.min, "max": x.max} | {
+            k: float(v) for k, v in zip(KEYS, x.quantiles(QS), strict=True)}
     x = x[np.isfinite(x)]
     if not len(x):
         return {"units": units, "mean": 0.0}
-    q = np.quantile(x, [0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.999], method="inverted_cdf")
-    keys = ("p0p1", "p1", "p5", "p10", "p25", "p50", "p75", "p90", "p95", "p99", "p99p9")
+    q = np.quantile(x, QS, method="inverted_cdf")
     return {"units": units, "mean": float(x.mean()), "stddev": float(x.std()), "min": float(x.min()),
-            "max": float(x.max())} | {k: float(v) for k, v in zip(keys, q, strict=True)}
+            "max": float(x.max())} | {k: float(v) for k, v in zip(KEYS, q, strict=True)}
 
 
 def report(ds, dep: str, point: str) -> dict:
@@ -31,7 +42,8 @@ def report(ds, dep: str, point: str) -> dict:
     sel = ds.requests["pidx"].isin(pts.index)
     r = ds.requests[sel]
     ok = r["ok"].to_numpy()
-    itl = ds.itl[ds.itl["pidx"].isin(pts.index)]["itl"].to_numpy()
+    mine = set(pts.index.tolist())
+    itl = merge([h for (p, _), h in ds.itl.items() if p in mine])
     first = pts.iloc[0]
     services = json.loads(first["services"]) if isinstance(first.get("services"), str) else {}
     engines = [role for role in services.values() if role in HOST_TYPE]

@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from suite.schema import SCHEMA_VERSION, PointResult
+from suite.stats.histogram import HistAcc
 
 COLUMNS = ["request_class", "input_tokens", "prompt_tokens", "completion_tokens", "sent_s", "first_token_s",
            "done_s", "token_times_s", "status"]
@@ -32,7 +33,7 @@ class ReportInputError(ValueError):
 class Dataset:
     points: pd.DataFrame  # one row per repetition of a point
     requests: pd.DataFrame  # one row per request: pidx, cls, input_tokens, ttft, tpot, e2e, ok, status ...
-    itl: pd.DataFrame  # one row per inter-token gap: pidx, cls, itl
+    itl: dict  # (pidx, class code) -> HistSample of its inter-token gaps (suite.stats.histogram)
     metrics: pd.DataFrame  # normalised server metrics: pidx, service, role, metric, kind, value, count, sum ...
     hist: dict = field(default_factory=dict)  # (pidx, metric, role) -> Series (bucket deltas, for quantiles)
     manifests: list[dict] = field(default_factory=list)
@@ -70,40 +71,80 @@ def _codes(table: pa.Table, name: str, default: str, classes: dict[str, int]) ->
     return remap[enc.indices.to_numpy(zero_copy_only=False)]
 
 
-def _derive(table: pa.Table, pidx: int, classes: dict[str, int]) -> tuple[dict, dict]:
-    """Request-level columns and the flat inter-token gaps, computed with arrow/numpy only."""
+ITL_BATCH_ROWS = 65_536  # token_times_s is read in row batches of this many requests
+
+
+def itl_gaps(tt: pa.ListArray, tag: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(gaps, owner) of a batch of token-time lists: consecutive differences within each request. owner is the
+    request's row, or tag[row] when a per-row tag (the class code) is given - cheaper than indexing later."""
+    lens = pc.list_value_length(tt).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+    flat = pc.list_flatten(tt).to_numpy(zero_copy_only=False).astype(float, copy=False)
+    if len(flat) < 2:
+        return np.zeros(0), np.zeros(0, dtype=np.int64 if tag is None else tag.dtype)
+    gaps = np.diff(flat)
+    keep = np.isfinite(gaps)
+    starts = np.cumsum(lens)[:-1]
+    starts = starts[(starts > 0) & (starts < len(flat))]
+    keep[starts - 1] = False  # the gap across two requests is not an ITL
+    owner = np.repeat(np.arange(len(lens)) if tag is None else tag, lens)[1:]
+    return gaps[keep], owner[keep]
+
+
+def _tt_batches(table: pa.Table, path: Path | None):
+    """token_times_s in row batches: straight from the parquet file when there is one (never all in memory)."""
+    if path is not None:
+        pf = pq.ParquetFile(path)
+        if "token_times_s" in pf.schema_arrow.names:
+            for batch in pf.iter_batches(batch_size=ITL_BATCH_ROWS, columns=["token_times_s"]):
+                yield batch.column(0)
+        return
+    if "token_times_s" in table.column_names:
+        col = table.column("token_times_s")
+        for start in range(0, table.num_rows, ITL_BATCH_ROWS):
+            yield col.slice(start, ITL_BATCH_ROWS).combine_chunks()
+
+
+def _itl(table: pa.Table, path: Path | None, cls: np.ndarray) -> tuple[np.ndarray, dict[int, HistAcc]]:
+    """Token counts per request and ITL histograms per class, batch by batch (bounded memory)."""
+    lens_parts, acc, row0 = [], {}, 0
+    for tt in _tt_batches(table, path):
+        n = len(tt)
+        lens_parts.append(pc.list_value_length(tt).fill_null(0).to_numpy(zero_copy_only=False))
+        gaps, gcls = itl_gaps(tt, cls[row0:row0 + n])
+        row0 += n
+        if not len(gaps):
+            continue
+        present = np.unique(cls[row0 - n:row0])
+        if len(present) == 1:
+            acc.setdefault(int(present[0]), HistAcc()).add(gaps)
+            continue
+        for c in present:  # few classes: one masked pass each
+            sel = gcls == c
+            acc.setdefault(int(c), HistAcc()).add(gaps[sel])
+    lens = np.concatenate(lens_parts) if lens_parts else np.zeros(table.num_rows, dtype=np.int64)
+    return lens, acc
+
+
+def _derive(table: pa.Table, pidx: int, classes: dict[str, int], path: Path | None = None) -> tuple[dict, dict]:
+    """Request-level columns (arrow/numpy only) and the ITL histograms of one point repetition."""
     def col(name, fill=np.nan):
         if name not in table.column_names:
             return np.full(table.num_rows, fill)
         return table.column(name).to_numpy(zero_copy_only=False).astype(float)
 
     sent, first, done = col("sent_s"), col("first_token_s"), col("done_s")
-    tt = table.column("token_times_s").combine_chunks() if "token_times_s" in table.column_names else None
-    lens = pc.list_value_length(tt).fill_null(0).to_numpy(zero_copy_only=False) if tt is not None else np.zeros(
-        table.num_rows, dtype=np.int64)
+    cls = _codes(table, "request_class", "default", classes)
+    lens, acc = _itl(table, path, cls)
     completion = col("completion_tokens")
     n_out = np.where(np.isnan(completion), lens, completion)
     with np.errstate(invalid="ignore", divide="ignore"):
         tpot = np.where(n_out >= 2, (done - first) / (n_out - 1), np.nan)
-    cls = _codes(table, "request_class", "default", classes)
     status = table.column("status") if "status" in table.column_names else pa.array(["ok"] * table.num_rows)
     req = {"pidx": np.full(table.num_rows, pidx, dtype=np.int32), "cls": cls,
            "input_tokens": col("input_tokens"), "prompt_tokens": col("prompt_tokens"), "n_out": n_out,
            "sent": sent, "done": done, "ttft": first - sent, "e2e": done - sent, "tpot": tpot,
            "ok": _is(status, "ok"), "err": _is(status, "error"), "tmo": _is(status, "timeout")}
-    itl = {"pidx": np.zeros(0, dtype=np.int32), "cls": np.zeros(0, dtype=np.int16), "itl": np.zeros(0)}
-    if tt is not None and len(tt):
-        flat = tt.flatten().to_numpy(zero_copy_only=False)
-        if len(flat) > 1:
-            offsets = tt.offsets.to_numpy()
-            gaps = np.diff(flat)
-            keep = np.ones(len(gaps), dtype=bool)
-            starts = offsets[1:-1][(offsets[1:-1] > 0) & (offsets[1:-1] < len(flat))]  # first token of each request
-            keep[starts - 1] = False  # the gap across two requests is not an ITL
-            owner = np.repeat(np.arange(table.num_rows), lens)[1:]
-            itl = {"pidx": np.full(int(keep.sum()), pidx, dtype=np.int32), "cls": cls[owner[keep]],
-                   "itl": gaps[keep]}
-    return req, itl
+    return req, {(pidx, c): a.sample() for c, a in acc.items()}
 
 
 def _point_row(pr: PointResult, path: Path, run: str, manifest: dict) -> dict:
@@ -121,7 +162,7 @@ class _Builder:
     def __init__(self) -> None:
         self.points: list[dict] = []
         self.req: list[dict] = []
-        self.itl: list[dict] = []
+        self.itl: dict = {}
         self.metric_rows: list[dict] = []
         self.hist: dict = {}
         self.manifests: list[dict] = []
@@ -131,12 +172,17 @@ class _Builder:
     def msg(self, level: str, text: str) -> None:
         self.messages.append((level, text))
 
-    def add_point(self, row: dict, table: pa.Table | None) -> int:
+    def add_point(self, row: dict, table: pa.Table | None, path: Path | None = None) -> int:
         pidx = len(self.points)
         if table is not None:
-            req, itl = _derive(table, pidx, self.classes)
+            try:
+                req, itl = _derive(table, pidx, self.classes, path)
+            except (OSError, pa.ArrowInvalid) as e:  # a row group of token_times_s unreadable
+                self.msg("error", f"{path}: unreadable token_times_s ({type(e).__name__}: {e}); no ITL for it")
+                req, itl = _derive(table.drop_columns([c for c in table.column_names if c == "token_times_s"]),
+                                   pidx, self.classes, None)
             self.req.append(req)
-            self.itl.append(itl)
+            self.itl |= itl
             row["n_requests"] = table.num_rows
         self.points.append(row)
         return pidx
@@ -149,12 +195,10 @@ class _Builder:
             return np.concatenate([p[key] for p in parts]) if parts else np.zeros(0)
 
         req = pd.DataFrame({k: cat(self.req, k) for k in (self.req[0] if self.req else {"pidx": 0})})
-        itl = pd.DataFrame({k: cat(self.itl, k) for k in ("pidx", "cls", "itl")})
         names = sorted(self.classes, key=self.classes.get)
-        for df in (req, itl):
-            if "cls" in df:
-                df["cls"] = pd.Categorical.from_codes(df["cls"].to_numpy().astype(np.int16), categories=names)
-        return Dataset(pd.DataFrame(self.points), req, itl, pd.DataFrame(self.metric_rows), self.hist,
+        if "cls" in req:
+            req["cls"] = pd.Categorical.from_codes(req["cls"].to_numpy().astype(np.int16), categories=names)
+        return Dataset(pd.DataFrame(self.points), req, self.itl, pd.DataFrame(self.metric_rows), self.hist,
                        self.manifests, _collapse(self.messages))
 
 
@@ -177,7 +221,8 @@ def _collapse(messages: list[tuple[str, str]]) -> list[tuple[str, str]]:
 def _read_table(path: Path, b: _Builder) -> pa.Table | None:
     try:
         schema = pq.read_schema(path)
-        return pq.read_table(path, columns=[c for c in COLUMNS if c in schema.names])
+        # token_times_s is streamed in batches later (_tt_batches), never held whole
+        return pq.read_table(path, columns=[c for c in COLUMNS if c in schema.names and c != "token_times_s"])
     except (OSError, pa.ArrowInvalid) as e:
         b.msg("error", f"{path}: unreadable requests.parquet ({type(e).__name__}: {e}); its requests are missing")
         return None
@@ -260,7 +305,7 @@ def _load_tree(root: Path, b: _Builder) -> None:
             b.msg("warning", f"{rep}: no requests.parquet ({pr.status}: {pr.failure or 'no records'})")
         if pr.status != "ok":
             b.msg("warning", f"{rep}: point {pr.status}: {pr.failure or '?'}")
-        pidx = b.add_point(_point_row(pr, rep, str(root), manifest), table)
+        pidx = b.add_point(_point_row(pr, rep, str(root), manifest), table, rq if table is not None else None)
         _server_metrics(rep, pr, pidx, b)
 
 

@@ -101,9 +101,8 @@ def write(ds: Dataset, t: Tables, name: str, out_root: str | Path) -> Path:
     from suite.report.figures import all_figures
     from suite.report.llmd import export
 
-    figs = all_figures(t)
     hook = _kv_hook(t, ds)
-    figs |= hook.get("figures", {})
+    figs = all_figures(t, skip=set(hook.get("figures", {}))) | hook.get("figures", {})  # the hook's replace ours
     pngs = {k: _png(f) for k, f in figs.items()}
     for k, data in pngs.items():
         (out / "figures" / f"{k}.png").write_bytes(data)

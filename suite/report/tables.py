@@ -11,6 +11,7 @@ import pandas as pd
 
 from suite.report.load import Dataset
 from suite.stats import DEFAULT_B, aggregate_reps, compare, estimate, goodput_mask, ttft_consistency
+from suite.stats.histogram import HistSample, merge
 
 # metric -> quantiles reported (seconds)
 LATENCY = {"ttft": (0.5, 0.9, 0.99), "itl": (0.5, 0.99), "tpot": (0.5, 0.99), "e2e": (0.5, 0.99)}
@@ -87,13 +88,8 @@ def build(ds: Dataset, slos: dict[str, dict], b: int = DEFAULT_B) -> Tables:
         v = req[m].to_numpy().copy() if len(req) else np.zeros(0)
         v[~ok] = np.nan
         seg[m] = _segments(rkey, v)
-    itl = ds.itl
-    if len(itl):
-        icls = itl["cls"].cat.codes.to_numpy().astype(np.int64)  # same categories as requests (load.py)
-        ip = itl["pidx"].to_numpy().astype(np.int64)
-        seg["itl"] = _segments((dp_code[ip] * ncls + icls) * npts + ip, itl["itl"].to_numpy())
-    else:
-        seg["itl"] = {}
+    # ITL: one histogram sample per (repetition, class) from load.py; it indexes like a sorted array
+    seg["itl"] = {int((dp_code[p] * ncls + c) * npts + p): h for (p, c), h in ds.itl.items() if len(h)}
 
     good = goodput_mask(req["ttft"].to_numpy(), req["tpot"].to_numpy(), ok, rcls,
                         {i: slos.get(str(c), {}) for i, c in enumerate(cats)}) if len(req) else np.zeros(0, bool)
@@ -227,6 +223,10 @@ def _kv_rows(ds: Dataset) -> pd.DataFrame:
     m = _pm(ds)
     if m.empty:
         return pd.DataFrame()
+    m = m[m["metric"].isin(("kv_transfer_s", "kv_transfer_bytes", "prompt_tokens_transferred", "prompt_tokens",
+                            "requests_completed"))]
+    has = m.loc[m["metric"] == "kv_transfer_s", ["pidx", "role"]].drop_duplicates()
+    m = m.merge(has, on=["pidx", "role"])  # only engines that recorded transfers
     out = []
     for (pidx, role), g in m.groupby(["pidx", "role"], observed=True):
         v = g.set_index("metric")
@@ -256,6 +256,9 @@ def _consistency(ds: Dataset) -> pd.DataFrame:
     out = []
     pts = ds.points
     req = ds.requests
+    rp, tt = req["pidx"].to_numpy(), np.where(req["ok"].to_numpy(), req["ttft"].to_numpy(), np.nan)
+    order = np.argsort(rp, kind="stable")
+    bounds = np.searchsorted(rp[order], np.arange(len(pts) + 1))  # requests of pidx p: order[bounds[p]:bounds[p+1]]
     for (dep, point), g in pts.groupby(["deployment", "point"]):
         pid = g.index.to_numpy()
         merged = None
@@ -269,8 +272,8 @@ def _consistency(ds: Dataset) -> pd.DataFrame:
                 out.append({"deployment": dep, "point": point, "ok": None, "note": "server TTFT is split over "
                             f"{'/'.join(roles)} engines: no single server-side TTFT to compare"})
             continue
-        sel = req["pidx"].isin(pid).to_numpy() & req["ok"].to_numpy()
-        client = np.sort(req["ttft"].to_numpy()[sel])
+        client = np.concatenate([tt[order[bounds[p]:bounds[p + 1]]] for p in pid])
+        client = np.sort(client[np.isfinite(client)])
         c = ttft_consistency(client, merged.le, merged.cum)
         row = {"deployment": dep, "point": point, "ok": c.ok, "client_n": c.client_n, "server_n": c.server_n,
                "note": c.note}
@@ -293,6 +296,11 @@ def _cdfs(ds: Dataset, seg: dict, dp_code: np.ndarray, npts: int, ncls: int) -> 
             dep = pts.iloc[k % npts]["deployment"]
             by_dep.setdefault(dep, []).append(v)
         for dep, parts in by_dep.items():
+            if isinstance(parts[0], HistSample):
+                h = merge(parts)
+                if len(h):
+                    out[(m, dep)] = h.quantiles(grid)
+                continue
             allv = np.concatenate(parts)
             if len(allv):
                 out[(m, dep)] = np.quantile(allv, grid, method="inverted_cdf")
