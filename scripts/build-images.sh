@@ -82,7 +82,10 @@ stage() {  # stage NAME -> fresh context dir with Dockerfile and wheels/
 pdsuite_wheel() {  # the suite itself as a wheel (pure python), built from a copy so the tree stays untouched
   local src=$CACHE/src; rm -rf "$src"; mkdir -p "$src"
   cp -r pyproject.toml README.md suite "$src"/ 2>/dev/null || cp -r pyproject.toml suite "$src"/
-  local iso=(); "$PY" -c 'import setuptools' 2>/dev/null && iso=(--no-build-isolation)
+  # no build isolation (fast, offline) only where this venv can build wheels itself (setuptools >= 70.1 or wheel)
+  local iso=()
+  "$PY" -c 'import setuptools.command.bdist_wheel' 2>/dev/null && iso=(--no-build-isolation)
+  [ ${#iso[@]} = 0 ] && "$PY" -c 'import setuptools, wheel' 2>/dev/null && iso=(--no-build-isolation)
   hostpip wheel -q --no-deps "${iso[@]}" --wheel-dir "$1" "$src" >/dev/null
   rm -rf "$src"
 }
