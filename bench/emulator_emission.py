@@ -1,10 +1,13 @@
 """Emission error of the emulator: actual token write time minus the intended one (the end of the emulated
 engine step that produced the token), at 100 / 500 / 1,000 concurrent streams, server pinned to one core.
 
-    python bench/emulator_emission.py [--streams 100 500 1000] [--server-core 0] [--client-core 1]
+    python bench/emulator_emission.py [--streams 100 500 1000] [--max-tokens 100] [--no-floor]
 
-The server records the lateness of every token write itself (GET /emu/emission); the client (another core)
-only keeps the streams open and counts tokens. Prints a markdown table (docs/emulator.md keeps the results).
+The server stamps every token write itself, right after the bytes were handed to the kernel (GET /emu/emission);
+the client (another core) keeps the streams open and counts tokens. For each stream count the bench also runs a
+FLOOR: a bare Python loop that sends a frame of the same size to the same number of loopback connections at the
+same instant (no HTTP, no engine) - what one core of this machine can do at best. Prints a markdown table with
+the load average (the cores are shared); docs/emulator.md keeps the results.
 """
 
 from __future__ import annotations
@@ -12,14 +15,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing as mp
 import os
 import platform
+import selectors
 import shutil
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+
+import numpy as np
 
 
 def free_port() -> int:
@@ -33,38 +40,92 @@ def http(url: str, data: bytes | None = None) -> dict:
         return json.loads(r.read())
 
 
+def load1() -> float:
+    return os.getloadavg()[0]
+
+
 async def client(port: int, streams: int, prompt: int, max_tokens: int) -> tuple[int, float]:
     import aiohttp
 
     url = f"http://127.0.0.1:{port}/v1/completions"
     body = {"prompt": list(range(prompt)), "max_tokens": max_tokens, "stream": True}
     conn = aiohttp.TCPConnector(limit=0)
-    async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=120)) as s:
+    async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=300)) as s:
         async def one() -> int:
             n = 0
             async with s.post(url, json=body) as r:
                 async for line in r.content:
-                    n += line.startswith(b"data: {")
+                    n += line.startswith(b"data: {") and b'"text"' in line
             return n
         t0 = time.monotonic()
         counts = await asyncio.gather(*(one() for _ in range(streams)))
         return sum(counts), time.monotonic() - t0
 
 
+def _drain(port: int, streams: int, total: int, core: int, ready) -> None:
+    os.sched_setaffinity(0, {core})
+    ls = socket.create_server(("127.0.0.1", port), backlog=4096)
+    ready.set()
+    sel = selectors.DefaultSelector()
+    conns = []
+    for _ in range(streams):
+        c, _ = ls.accept()
+        c.setblocking(False)
+        sel.register(c, selectors.EVENT_READ)
+        conns.append(c)
+    got, deadline = 0, time.monotonic() + 300
+    while got < total and time.monotonic() < deadline:
+        for k, _ in sel.select(1):
+            got += len(k.fileobj.recv(1 << 16))
+
+
+def floor(streams: int, steps: int, frame: int, period: float, core: int) -> dict:
+    """Bare send loop: `steps` passes, each writing `frame` bytes to every connection at one deadline."""
+    port = free_port()
+    ready = mp.Event()
+    p = mp.Process(target=_drain, args=(port, streams, streams * steps * frame, core, ready))
+    p.start()
+    ready.wait(10)
+    socks = [socket.create_connection(("127.0.0.1", port)) for _ in range(streams)]
+    for s in socks:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as aiohttp does
+    data, clock, late, first = b"x" * frame, time.monotonic, [], []
+    t = clock() + period
+    for _ in range(steps):
+        while clock() < t:
+            pass
+        stamps = []
+        for s in socks:
+            s.send(data)
+            stamps.append(clock())
+        late.extend(x - t for x in stamps)
+        first.append(stamps[0] - t)
+        t = max(t + period, clock())  # re-anchor like the engine
+    for s in socks:
+        s.close()
+    p.join(30)
+    a, f = np.array(late) * 1e3, np.array(first) * 1e3
+    return {"count": int(a.size), "p50_ms": float(np.percentile(a, 50)), "p90_ms": float(np.percentile(a, 90)),
+            "p99_ms": float(np.percentile(a, 99)), "p99.9_ms": float(np.percentile(a, 99.9)),
+            "max_ms": float(a.max()), "first_write_p99_ms": float(np.percentile(f, 99)),
+            "us_per_write": float(np.median(np.diff(np.array(late).reshape(steps, streams), axis=1)) * 1e6)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--streams", type=int, nargs="+", default=[100, 500, 1000])
-    ap.add_argument("--server-core", default="0")
-    ap.add_argument("--client-core", default="1")
+    ap.add_argument("--server-core", type=int, default=0)
+    ap.add_argument("--client-core", type=int, default=1)
     ap.add_argument("--prompt", type=int, default=64, help="prompt tokens per stream")
-    ap.add_argument("--max-tokens", type=int, default=200, help="tokens per stream")
+    ap.add_argument("--max-tokens", type=int, default=100, help="tokens per stream")
     ap.add_argument("--hardware", default="h100")
     ap.add_argument("--model-config", default="llama-3.1-8b")
     ap.add_argument("--spin-us", default="1500")
+    ap.add_argument("--no-floor", action="store_true", help="skip the bare-socket floor runs")
     a = ap.parse_args()
 
     port = free_port()
-    pin = ["taskset", "-c", a.server_core] if shutil.which("taskset") else []
+    pin = ["taskset", "-c", str(a.server_core)] if shutil.which("taskset") else []
     server = subprocess.Popen([*pin, sys.executable, "-m", "suite.cli", "emulate", "--flavor", "vllm", "--port",
                                str(port), "--model", "bench", "--hardware", a.hardware, "--model-config",
                                a.model_config, "--spin-us", a.spin_us],
@@ -73,19 +134,21 @@ def main() -> None:
     try:
         for _ in range(100):
             try:
-                http(f"http://127.0.0.1:{port}/health".replace("/health", "/emu/info"))
+                http(f"http://127.0.0.1:{port}/emu/info")
                 break
             except OSError:
                 time.sleep(0.2)
         if pin:
-            os.sched_setaffinity(0, {int(a.client_core)})
+            os.sched_setaffinity(0, {a.client_core})
         for n in a.streams:
             http(f"http://127.0.0.1:{port}/emu/emission/reset", b"")
+            la = load1()
             tokens, wall = asyncio.run(client(port, n, a.prompt, a.max_tokens))
             s = http(f"http://127.0.0.1:{port}/emu/emission")
             assert tokens == n * a.max_tokens, f"got {tokens} tokens, want {n * a.max_tokens}"
-            rows.append((n, s, wall))
-            print(f"{n} streams: {json.dumps(s)} wall {wall:.1f}s", file=sys.stderr)
+            s |= {"load": max(la, load1()), "wall_s": wall}
+            rows.append(("emulator", n, s))
+            print(f"emulator {n} streams: {json.dumps(s)}", file=sys.stderr)
     finally:
         server.terminate()
         try:
@@ -93,14 +156,25 @@ def main() -> None:
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait(5)
+    if not a.no_floor:
+        os.sched_setaffinity(0, {a.server_core})
+        for n in a.streams:
+            la = load1()
+            s = floor(n, a.max_tokens, 240, 12e-3, a.client_core) | {"load": max(la, load1())}
+            rows.append(("floor", n, s))
+            print(f"floor {n} streams: {json.dumps(s)}", file=sys.stderr)
     print(f"machine: {platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
           f"server on core {a.server_core}, client on core {a.client_core}; {a.hardware} / {a.model_config}, "
-          f"prompt {a.prompt}, {a.max_tokens} tokens per stream\n")
-    print("| streams | token writes | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | wall s |")
-    print("|---|---|---|---|---|---|---|---|")
-    for n, s, wall in rows:
-        print(f"| {n} | {s['count']} | {s['p50_ms']:.2f} | {s['p90_ms']:.2f} | {s['p99_ms']:.2f} | "
-              f"{s['p99.9_ms']:.2f} | {s['max_ms']:.2f} | {wall:.1f} |")
+          f"prompt {a.prompt}, {a.max_tokens} tokens per stream; load = 1-min load average\n")
+    print("| what | streams | token writes | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | first write p99 ms | "
+          "slip ms | load |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for what, n, s in rows:
+        print(f"| {what} | {n} | {s['count']} | {s['p50_ms']:.2f} | {s['p90_ms']:.2f} | {s['p99_ms']:.2f} | "
+              f"{s['p99.9_ms']:.2f} | {s['max_ms']:.2f} | {s['first_write_p99_ms']:.2f} | "
+              f"{s['slip_ms']:.0f} | {s['load']:.1f} |" if what == "emulator" else
+              f"| {what} | {n} | {s['count']} | {s['p50_ms']:.2f} | {s['p90_ms']:.2f} | {s['p99_ms']:.2f} | "
+              f"{s['p99.9_ms']:.2f} | {s['max_ms']:.2f} | {s['first_write_p99_ms']:.2f} | - | {s['load']:.1f} |")
 
 
 if __name__ == "__main__":

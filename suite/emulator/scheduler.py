@@ -11,8 +11,23 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from suite.emulator.costmodel import CostModel
+
+
+class TokenSink(Protocol):
+    """Where the engine writes a streaming request's tokens: `frame(i)` builds token i's bytes ahead of the step
+    end, `write` hands them to the kernel at the step end (never awaits), `buffered()` is the byte count left in
+    user space (the client is not reading), `closing()` the connection is gone, `fail` reports a dead client."""
+
+    write: Callable[[bytes], None]
+    buffered: Callable[[], int]
+    closing: Callable[[], bool]
+
+    def frame(self, i: int) -> bytes: ...
+
+    def fail(self, err: BaseException) -> None: ...
 
 
 @dataclass(eq=False)
@@ -25,6 +40,7 @@ class SimRequest:
     remote_kv: int = 0  # prompt tokens whose KV comes from another engine; only the rest is computed here
     on_token: Callable[[SimRequest, int, float], None] | None = None  # (req, token index, intended time)
     on_finish: Callable[[SimRequest], None] | None = None
+    sink: TokenSink | None = None  # streaming: the engine writes this request's token frames itself
     computed: int = 0
     generated: int = 0
     scheduled_at: float | None = None
@@ -57,6 +73,11 @@ class Step:
     @property
     def end(self) -> float:
         return self.start + self.duration
+
+    def emitting(self) -> list[SimRequest]:
+        """Requests that get a token at this step's end, in commit order (call before commit)."""
+        return ([r for r in self.decodes if not r.aborted]
+                + [r for r, n in self.chunks if not r.aborted and r.computed + n >= r.prompt])
 
     @property
     def tokens(self) -> int:
@@ -93,7 +114,7 @@ class Scheduler:
         return bool(self.running or self.waiting)
 
     def kv_used(self) -> int:
-        return sum(r.context for r in self.running)
+        return sum(r.computed + r.generated for r in self.running)  # hot: no property call
 
     def next_ready(self) -> float | None:
         """Earliest time a waiting request becomes schedulable (None: nothing waiting)."""
@@ -102,7 +123,7 @@ class Scheduler:
     # ---- one step ---------------------------------------------------------------------------------
     def plan(self, now: float) -> Step | None:
         budget = self.token_budget
-        decodes = [r for r in self.running if r.prefilled][:budget]
+        decodes = [r for r in self.running if r.computed >= r.prompt][:budget]
         budget -= len(decodes)
         chunks: list[tuple[SimRequest, int]] = []
         for r in self.running:
@@ -137,7 +158,7 @@ class Scheduler:
         if not decodes and not chunks:
             return None
         duration = self.cost.step_s([(n, r.computed) for r, n in chunks], len(decodes),
-                                    sum(r.context for r in decodes))
+                                    sum(r.computed + r.generated for r in decodes))
         return Step(start=now, duration=duration, decodes=decodes, chunks=chunks)
 
     def commit(self, step: Step) -> list[SimRequest]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 import time
@@ -22,17 +23,36 @@ log = logging.getLogger("pdsuite.emulator")
 EMULATED_HEADER = "x-pdsuite-emulated"
 
 
-def write_now(resp: web.StreamResponse, data: bytes) -> None:
-    """Write a body chunk synchronously. aiohttp's writer.write(drain=False) never suspends (no compression is
-    set), so driving the coroutine one step runs it to completion; every stream of a step is then written back
-    to back with no task switch in between."""
-    coro = resp._payload_writer.write(data, drain=False)  # the public write() always awaits drain
-    try:
-        coro.send(None)
-    except StopIteration:
-        return
-    coro.close()
-    raise RuntimeError("stream writer suspended unexpectedly")
+class StreamSink:
+    """One streamed response's token frames, written by the engine straight to the transport at the step end
+    (transport.write never awaits; HTTP/1.1 chunked framing is done here, aiohttp's writer only sends the
+    headers and the final zero-length chunk). Each token event comes from a bytes template, no JSON work; the
+    last token's frame also carries the usage event and [DONE]."""
+
+    __slots__ = ("_chunked", "_first", "_last", "_on_fail", "_post", "_post_last", "_pre", "_tail", "buffered",
+                 "closing", "write")
+
+    def __init__(self, transport: asyncio.Transport, chunked: bool, rb: Responder, max_tokens: int,
+                 include_usage: bool, on_fail) -> None:
+        # bound C methods of the transport: the engine calls them per token without a Python frame in between
+        self.write, self.buffered, self.closing = transport.write, transport.get_write_buffer_size, transport.is_closing
+        self._chunked, self._on_fail = chunked, on_fail
+        self._pre, self._post = rb.token_template(False)
+        self._post_last = rb.token_template(True)[1]
+        self._first, self._last = rb.first_event(), max_tokens - 1
+        self._tail = (rb.usage_chunk(max_tokens) if include_usage else b"") + b"data: [DONE]\n\n"
+
+    def frame(self, i: int) -> bytes:
+        last = i == self._last
+        body = b"%s%d%s" % (self._pre, i, self._post_last if last else self._post)
+        if i == 0 and self._first:
+            body = self._first + body
+        if last:
+            body += self._tail
+        return b"%x\r\n%s\r\n" % (len(body), body) if self._chunked else body
+
+    def fail(self, err: BaseException) -> None:
+        self._on_fail(err)
 
 
 class EmulatorServer:
@@ -138,6 +158,7 @@ class EmulatorServer:
         return web.json_response({"ok": True})
 
     async def _metrics(self, request: web.Request) -> web.Response:
+        self.engine.drain()  # per-request records deferred to gaps between steps
         m, s = self.metrics, self.sched
         m.set("running", len(s.running))
         m.set("waiting", len(s.waiting))
@@ -177,8 +198,18 @@ class EmulatorServer:
         resp: web.StreamResponse | None = None
         if stream:
             resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
-            await resp.prepare(request)
-            req.on_token = self._sink(resp, resp_builder, max_tokens, req, done)
+            writer = await resp.prepare(request)
+            writer.send_headers()  # from here on the engine writes token frames to the transport itself
+            if request.transport is None:
+                raise ConnectionResetError("client went away before the first token")
+
+            def on_fail(err: BaseException) -> None:
+                self.sched.abort(req)
+                if not done.done():
+                    done.set_exception(ConnectionResetError(str(err)))
+
+            req.sink = StreamSink(request.transport, writer.chunked, resp_builder, max_tokens, p.include_usage,
+                                  on_fail)
         try:
             self.engine.add(req)
         except ValueError as e:
@@ -194,31 +225,11 @@ class EmulatorServer:
         except (ConnectionError, asyncio.CancelledError):
             self.engine.abort(req)
             raise
-        self._record(req, p, plan, stream)
+        self.engine.defer(functools.partial(self._record, req, p, plan, stream))  # off the deadline path
         if resp is None:
             return web.json_response(resp_builder.full(req.generated, extra), dumps=lambda o: orjson.dumps(o).decode())
-        if p.include_usage:
-            await resp.write(resp_builder.usage_chunk(req.generated))
-        await resp.write(b"data: [DONE]\n\n")
-        await resp.write_eof()
+        await resp.write_eof()  # usage and [DONE] went out with the last token
         return resp
-
-    def _sink(self, resp: web.StreamResponse, rb: Responder, max_tokens: int, req: SimRequest,
-              done: asyncio.Future):
-        emission = self.engine.emission
-        clock = time.monotonic
-
-        def on_token(r: SimRequest, i: int, intended: float) -> None:
-            try:
-                write_now(resp, rb.chunk(i, i == max_tokens - 1))
-            except (ConnectionError, RuntimeError) as e:  # client went away
-                self.sched.abort(r)
-                if not done.done():
-                    done.set_exception(ConnectionResetError(str(e)))
-                return
-            emission.add(clock() - intended)
-
-        return on_token
 
     def _record(self, r: SimRequest, p: Parsed, plan: Plan, stream: bool) -> None:
         m = self.metrics
@@ -232,9 +243,7 @@ class EmulatorServer:
         m.observe("inference_s", end - sched)
         if r.generated > 1:
             m.observe("tpot_s", (end - first) / (r.generated - 1), **lab)
-        tt = r.token_times
-        for a, b in itertools.pairwise(tt):
-            m.observe("itl_s", b - a)
+        m.observe_many("itl_s", [b - a for a, b in itertools.pairwise(r.token_times)])
         m.observe("request_prompt_tokens", r.prompt)
         m.observe("request_generation_tokens", r.generated)
         m.observe("request_max_tokens", p.max_tokens)
