@@ -33,6 +33,7 @@ def gen(check: bool = typer.Option(False, help="Only check the committed files a
             if not path.is_file() or path.read_text() != text:
                 stale.append(path.name)
         else:
+            path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text)
             typer.echo(f"wrote {path.relative_to(ROOT)}")
     if stale:
