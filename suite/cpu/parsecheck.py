@@ -76,6 +76,14 @@ def strip_flags(argv: Sequence[str], flags: Sequence[str]) -> list[str]:
     return out
 
 
+REQUIRE_ENV = "PDSUITE_REQUIRE_ENGINE_VENVS"  # =1 (CI): a missing engine venv fails its tests instead of skipping
+
+
+def venv_ready(name: str) -> bool:
+    """True when .venvs/<name> was fully built (scripts/setup-engine-venvs.sh writes the stamp last)."""
+    return (VENVS / name / ".pdsuite-stamp").exists()
+
+
 def venv_python(fw: Framework) -> Path:
     py = VENVS / fw.parser_venv / "bin" / "python"
     if not py.exists():

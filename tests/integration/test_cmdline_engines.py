@@ -9,11 +9,12 @@ Build the venvs with scripts/setup-engine-venvs.sh.
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
 from suite.config import Settings
-from suite.cpu.parsecheck import VENVS, engine_lines, parse_lines
+from suite.cpu.parsecheck import REQUIRE_ENV, engine_lines, parse_lines, venv_ready
 from suite.cpu.tinymodel import build
 from suite.deploy.catalog import deployments
 from suite.frameworks.base import get
@@ -24,8 +25,9 @@ LINES = {line.id: line for line in engine_lines(SETTINGS)}
 
 
 def _need(venv: str) -> None:
-    if not (VENVS / venv / ".pdsuite-stamp").exists():
-        pytest.skip(f".venvs/{venv} not built: run scripts/setup-engine-venvs.sh {venv}")
+    if not venv_ready(venv):
+        msg = f".venvs/{venv} not built: run scripts/setup-engine-venvs.sh {venv}"
+        pytest.fail(msg) if os.environ.get(REQUIRE_ENV) == "1" else pytest.skip(msg)
 
 
 def _engine(line_id: str):

