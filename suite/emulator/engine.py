@@ -25,54 +25,73 @@ MAX_BACKLOG = 16 * 1024 * 1024  # bytes a client may leave unread before its str
 MAX_DEFERRED = 20_000  # beyond this backlog deferred work runs regardless of deadlines (bounded memory)
 
 
+class Ring:
+    """The last `size` float samples (bounded memory on a long-running server)."""
+
+    def __init__(self, size: int) -> None:
+        self.size, self.buf, self.pos = size, array("d"), 0
+
+    def extend(self, x: np.ndarray) -> None:
+        room = self.size - len(self.buf)
+        self.buf.frombytes(x[:room].tobytes())
+        for v in x[room:].tolist():  # full: overwrite the oldest
+            self.buf[self.pos] = v
+            self.pos = (self.pos + 1) % self.size
+
+    def values(self) -> np.ndarray:
+        return np.frombuffer(self.buf, dtype=float)
+
+
 class EmissionStats:
-    """Lateness of token writes (actual - intended, seconds), in a bounded ring, plus honesty counters:
-    `queued` writes the kernel did not take at once (left in user space: client backpressure) and `slip_s`,
-    how far the emulated timeline was pushed back because writes fell behind it."""
+    """Lateness of token writes (actual - intended, seconds) and, per stream, the ITL error (lateness of a token
+    minus that of the stream's previous token: what a client measuring ITL sees). Honesty counters: `queued`
+    writes the kernel did not take at once (left in user space: client backpressure) and `slip_s`, how far the
+    emulated timeline was pushed back because writes fell behind it."""
 
     def __init__(self, size: int = 1_000_000) -> None:
         self.size = size
         self.reset()
 
     def add(self, late: float) -> None:
-        self.add_many(array("d", (late,)), 0.0)
+        self.add_step(np.array([late]))
 
-    def add_many(self, stamps: array, intended: float) -> None:
-        if not stamps:
+    def add_step(self, late: np.ndarray) -> None:
+        """One step's write lateness in pass order (NaN: a frame that was not written)."""
+        late = late[~np.isnan(late)]
+        if not late.size:
             return
-        if len(self.first) < self.size:
-            self.first.append(stamps[0] - intended)
-        self.max_batch = max(self.max_batch, len(stamps))
-        self.pass_s += stamps[-1] - stamps[0]
-        late = np.frombuffer(stamps, dtype=float) - intended
-        room = self.size - len(self.buf)
-        self.buf.frombytes(late[:room].tobytes())
-        for x in late[room:].tolist():  # ring full: overwrite the oldest
-            self.buf[self.pos] = x
-            self.pos = (self.pos + 1) % self.size
+        self.late.extend(late)
+        self.first.extend(late[:1])
+        self.max_batch = max(self.max_batch, int(late.size))
+        self.pass_s += float(late[-1] - late[0])
 
     def reset(self) -> None:
-        self.buf = array("d")
-        self.pos = 0
-        self.first = array("d")  # lateness of each step's first write: wake-up error, without the pass length
+        self.late = Ring(self.size)
+        self.itl = Ring(self.size)
+        self.first = Ring(self.size)  # lateness of each step's first write: wake-up error, without the pass
         self.max_batch = 0
         self.queued = 0
         self.slip_s = 0.0
         self.pass_s = 0.0  # first to last write of each step, summed: the in-situ cost of the writes
+        self.pass_cpu_s = 0.0  # CPU time this thread got during those passes
         self.work_s = 0.0  # engine bookkeeping per step (plan, frame building, commit), summed
         self.steps = 0
 
     def summary(self) -> dict[str, float]:
-        extra = {"queued_writes": self.queued, "slip_ms": self.slip_s * 1e3, "steps": self.steps,
-                 "max_batch": self.max_batch}
-        if not self.buf:
-            return {"count": 0, **extra}
-        a = np.frombuffer(self.buf, dtype=float) * 1e3
-        f = np.frombuffer(self.first, dtype=float) * 1e3
-        extra |= {"first_write_p50_ms": float(np.percentile(f, 50)), "first_write_p99_ms": float(np.percentile(f, 99)),
-                  "write_us": self.pass_s / a.size * 1e6, "work_us_per_token": self.work_s / a.size * 1e6}
-        return {"count": int(a.size), "mean_ms": float(a.mean()), "max_ms": float(a.max()),
-                **{f"p{q}_ms": float(np.percentile(a, q)) for q in (50, 90, 99, 99.9)}, **extra}
+        out = {"count": len(self.late.buf), "queued_writes": self.queued, "slip_ms": self.slip_s * 1e3,
+               "steps": self.steps, "max_batch": self.max_batch}
+        if not self.late.buf:
+            return out
+        a, f = self.late.values() * 1e3, self.first.values() * 1e3
+        out |= {"mean_ms": float(a.mean()), "max_ms": float(a.max()),
+                **{f"p{q}_ms": float(np.percentile(a, q)) for q in (50, 90, 99, 99.9)},
+                "first_write_p50_ms": float(np.percentile(f, 50)), "first_write_p99_ms": float(np.percentile(f, 99)),
+                "write_us": self.pass_s / a.size * 1e6, "write_cpu_us": self.pass_cpu_s / a.size * 1e6,
+                "work_us_per_token": self.work_s / a.size * 1e6}
+        if self.itl.buf:
+            e = np.abs(self.itl.values()) * 1e3
+            out |= {f"itl_err_p{q}_ms": float(np.percentile(e, q)) for q in (50, 99)}
+        return out
 
 
 class Engine:
@@ -147,30 +166,44 @@ class Engine:
         stamps = array("d")
         stamp = stamps.append
         failed = []
+        nan = float("nan")
+        cpu0 = time.thread_time()  # CPU time vs wall time of the pass: how much of it other processes took
         for r, write, data in frames:
             if r.aborted:
+                stamp(nan)
                 continue
             try:
                 write(data)
             except Exception as e:  # any transport error means the client is gone
                 failed.append((r, e))
+                stamp(nan)
                 continue
             stamp(clock())
+        self.emission.pass_cpu_s += time.thread_time() - cpu0
         return stamps, failed
 
     def _after_emit(self, frames: list, stamps: array, failed: list, intended: float) -> None:
-        self.emission.add_many(stamps, intended)
+        late = np.frombuffer(stamps, dtype=float) - intended
+        self.emission.add_step(late)
         for r, e in failed:
             r.sink.fail(e)
         # Bytes still in user space right after the pass were not handed to the kernel at their stamp: count
         # them (client backpressure; 0 in the benchmark) and drop clients that stopped reading.
         queued = 0
-        for r, _, _ in frames:
-            if not r.aborted and (b := r.sink.buffered()):
+        itl = []
+        for (r, _, _), x in zip(frames, late.tolist(), strict=True):
+            if r.aborted or x != x:  # NaN: not written
+                continue
+            if r.last_late is not None:
+                itl.append(x - r.last_late)
+            r.last_late = x
+            if b := r.sink.buffered():
                 queued += 1
                 if b > MAX_BACKLOG:
                     r.sink.fail(ConnectionResetError(f"client left {b} bytes unread"))
         self.emission.queued += queued
+        if itl:
+            self.emission.itl.extend(np.array(itl))
 
     async def _run(self) -> None:
         while True:

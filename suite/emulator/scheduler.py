@@ -48,6 +48,7 @@ class SimRequest:
     finished_at: float | None = None
     token_times: list[float] = field(default_factory=list)
     aborted: bool = False
+    last_late: float | None = None  # lateness of the last token write (engine's emission stats)
 
     def __post_init__(self) -> None:
         self.computed = min(self.remote_kv, self.prompt)
