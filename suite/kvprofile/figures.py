@@ -90,10 +90,10 @@ def kv_section_figure(data: dict, runs: list[dict] | None = None):
           title=f"KV transfer vs co-location penalty: {data['model']['model']}")
     b.set(xscale="log", yscale="log", xlabel="prompt tokens", ylabel="transfer / (prefill + transfer)",
           title="share of P/D TTFT spent moving the KV (no queueing)")
-    for ax in (a, b):
+    for ax, where in ((a, "lower right"), (b, "best")):
         ax.grid(True, which="both", alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
+            ax.legend(fontsize=6, loc=where, framealpha=0.85)
     fig.tight_layout()
     return fig
 
@@ -106,7 +106,7 @@ def decomposition_figure(rows: list[dict]):
     """Stacked bars: mean TTFT(P/D) = queue + prefill on P + transfer + first decode step + rest, per P/D point.
     rows: {"label", "components_s": {...}, "ttft_s"}."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.45 * len(rows)))
+    fig, ax = plt.subplots(figsize=(10, 1.4 + 0.45 * len(rows)))
     labels = [r["label"] for r in rows]
     left = [0.0] * len(rows)
     for key, name in COMPONENTS:
@@ -116,6 +116,7 @@ def decomposition_figure(rows: list[dict]):
     ax.plot([(r["ttft_s"] or 0) * 1e3 for r in rows], labels, "k|", ms=14, mew=2, label="client mean TTFT")
     ax.set(xlabel="ms per request (means)", title="TTFT(P/D) = queue + prefill on P + KV transfer + first decode")
     ax.grid(alpha=0.3, axis="x")
-    ax.legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.25 if len(rows) > 2 else -0.45))
+    ax.invert_yaxis()
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     return fig

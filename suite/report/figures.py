@@ -17,6 +17,18 @@ LINKS = (("NVLink H100 copy, measured 394 GB/s", 394e9), ("PCIe Gen5 x16, nomina
          ("400 Gb/s RDMA, nominal", 50e9), ("100 Gb/s RDMA, nominal", 12.5e9), ("25 Gb/s TCP, nominal", 3.125e9))
 
 
+def _plain_log(ax, axis: str = "x") -> None:
+    """Log axis with plain numbers and no crowded minor labels (10^2 / 2x10^2 labels overlap)."""
+    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+
+    a = ax.xaxis if axis == "x" else ax.yaxis
+    a.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    fmt = ScalarFormatter()
+    fmt.set_scientific(False)
+    a.set_major_formatter(fmt)
+    a.set_minor_formatter(NullFormatter())
+
+
 def _err(df: pd.DataFrame, col: str, scale: float = 1e3) -> tuple[np.ndarray, np.ndarray]:
     v = df[col].to_numpy() * scale
     lo = np.clip(v - df[f"{col}_ci_low"].to_numpy() * scale, 0, None)
@@ -28,14 +40,15 @@ def ttft_vs_input(s: pd.DataFrame):
     if s.empty or s["input_tokens_mean"].nunique() < 2:
         return None
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    for dep, g in s.groupby("deployment"):
+    for i, (dep, g) in enumerate(s.groupby("deployment")):
         g = g.sort_values("input_tokens_mean")
         for col, ls in (("ttft_p50", "-"), ("ttft_p99", ":")):
             v, e = _err(g, col)
-            ax.errorbar(g["input_tokens_mean"], v, yerr=e, ls=ls, marker="o", ms=3, capsize=2,
+            ax.errorbar(g["input_tokens_mean"], v, yerr=e, ls=ls, marker="o", ms=3, capsize=2, color=f"C{i}",
                         label=f"{dep} {col[-3:]}")
-    ax.set(xscale="log", xlabel="input tokens (mean per point)", ylabel="TTFT ms (95% CI)",
-           title="TTFT vs input length")
+    ax.set(xscale="log", xlabel="input tokens (mean of each point x class)", ylabel="TTFT ms (95% CI)",
+           title="TTFT vs input length (solid p50, dotted p99)")
+    _plain_log(ax)
     ax.legend(fontsize=6, ncol=2)
     ax.grid(alpha=0.3)
     return fig
@@ -51,7 +64,8 @@ def cdfs(cdf: dict):
             if metric == m:
                 ax.plot(q * 1e3, grid, label=dep)
         ax.set(xlabel=f"{m.upper()} ms", ylabel="fraction of requests" if m == "ttft" else "fraction of gaps",
-               title=f"{m.upper()} CDF", xscale="log")
+               title=f"{m.upper()} CDF (all points and classes)", xscale="log")
+        _plain_log(ax)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6)
     fig.tight_layout()
@@ -97,26 +111,39 @@ def topologies(s: pd.DataFrame):
         ax.set_title(title)
         ax.grid(alpha=0.3, axis="y")
     axes[0].legend(fontsize=6)
-    fig.suptitle("P/D vs TP=2 vs two replicas vs co-located (95% CI)")
+    names = {"disagg": "P/D", "colocated": "co-located", "tp2": "TP=2", "dp2": "two replicas"}
+    topos = set(s["topology"])
+    present = [names[t] for t in names if t in topos] + sorted(topos - set(names))
+    fig.suptitle(" vs ".join(present) + " at each point and class (95% CI)")
     fig.tight_layout()
     return fig
 
 
+ROLE_ORDER = {"prefill": 0, "decode": 1, "colocated": 2}
+
+
 def breakdown(b: pd.DataFrame):
+    """One bar per deployment and engine role; stages stacked in pipeline order, one colour per stage."""
     if b.empty:
         return None
-    fig, ax = plt.subplots(figsize=(8, 0.5 + 0.45 * b["deployment"].nunique() + 1.5))
-    deps = sorted(b["deployment"].unique())
-    comps = sorted({(r, m) for r, m in zip(b["role"], b["metric"], strict=True)})
-    left = np.zeros(len(deps))
-    for role, metric in comps:
-        sel = b[(b["role"] == role) & (b["metric"] == metric)].set_index("deployment")["mean_s"]
-        v = np.nan_to_num(sel.reindex(deps).to_numpy() * 1e3)
-        ax.barh(deps, v, left=left, label=f"{role}: {metric[:-2]}")
+    from suite.report.tables import BREAKDOWN
+
+    rows = sorted({(d, r) for d, r in zip(b["deployment"], b["role"], strict=True)},
+                  key=lambda x: (x[0], ROLE_ORDER.get(x[1], 9)))
+    labels = [f"{d} / {r}" for d, r in rows]
+    metrics = [m for m in BREAKDOWN if m in set(b["metric"])]
+    fig, ax = plt.subplots(figsize=(9, 1.2 + 0.4 * len(rows)))
+    left = np.zeros(len(rows))
+    idx = b.set_index(["deployment", "role", "metric"])["mean_s"]
+    for i, m in enumerate(metrics):
+        v = np.array([float(idx.get((d, r, m), np.nan)) for d, r in rows]) * 1e3
+        v = np.nan_to_num(v)
+        ax.barh(labels, v, left=left, color=f"C{i}", label=m.removesuffix("_s").replace("_", " "))
         left += v
-    ax.set(xlabel="mean ms per request (server-side histograms)",
-           title="Server-side time per request: queue / prefill / transfer / decode")
-    ax.legend(fontsize=6, ncol=2)
+    ax.invert_yaxis()
+    ax.set(xlabel="mean ms per request, from each engine's own histograms (decode: whole generation)",
+           title="Server-side time per request, per engine role")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(alpha=0.3, axis="x")
     fig.tight_layout()
     return fig

@@ -21,6 +21,10 @@ SUMMARY_COLS = [("deployment", "deployment"), ("point", "point"), ("cls", "class
                 ("e2e_p50", "E2E p50 ms"), ("e2e_p99", "E2E p99 ms"), ("req_per_s", "req/s"),
                 ("out_tok_per_s", "out tok/s"), ("goodput_rps", "goodput req/s"), ("goodput_frac", "in SLO")]
 MS = {"ttft_p50", "ttft_p90", "ttft_p99", "itl_p50", "itl_p99", "tpot_p50", "e2e_p50", "e2e_p99"}
+FIG_TITLES = {"ttft_vs_input": "TTFT vs input length", "cdf_ttft_itl": "TTFT and ITL distributions",
+              "vs_rate": "TTFT and goodput vs request rate", "topologies": "Deployments side by side",
+              "server_breakdown": "Server-side time per request", "kv_transfer": "KV transfer vs link bandwidth",
+              "kv_ttft_decomposition": "TTFT(P/D) decomposition"}
 KV_HOOK = "suite.kvprofile.report"  # optional: section(tables, dataset) -> {"markdown": str, "figures": {name: fig}}
 
 
@@ -83,7 +87,8 @@ def _environment(ds: Dataset) -> str:
         settings = m.get("settings") or {}
         keep = {k: v for k, v in settings.items() if k in ("MODEL", "VLLM_IMAGE", "SGLANG_IMAGE", "ROUTER_IMAGE",
                                                             "MAX_MODEL_LEN", "GPU_MEMORY_FRACTION", "LOAD_FORMAT",
-                                                            "VLLM_KV_CONNECTOR", "SGLANG_TRANSFER_BACKEND")}
+                                                            "VLLM_KV_CONNECTOR", "SGLANG_TRANSFER_BACKEND")
+                or (m.get("emulated") and k.startswith("EMU_"))}
         for k, v in keep.items():
             out.append(f"- {k}: `{v}`\n")
     return "".join(out)
@@ -125,6 +130,27 @@ def _banner(ds: Dataset) -> list[str]:
     return lines
 
 
+def _improvement_md(imp: pd.DataFrame) -> str:
+    """One row per (point, class, deployment vs its co-located baseline), one column per compared metric."""
+    if imp.empty:
+        return "_no co-located baseline at matching points (same framework, backend, point and class)_\n"
+    metrics = list(dict.fromkeys(imp["metric"]))
+    rows = []
+    for (point, cls, dep, base), g in imp.groupby(["point", "cls", "deployment", "baseline"], sort=True):
+        cells = {}
+        for r in g.itertuples():
+            cells[r.metric] = ("-" if math.isnan(r.delta_pct) else
+                               f"{'**' if r.significant else ''}{r.delta_pct:+.0f}% [{r.ci_low:+.0f}, {r.ci_high:+.0f}]"
+                               f"{'**' if r.significant else ''}")
+        rows.append([point, cls, dep, base] + [cells.get(m, "-") for m in metrics])
+    lines = ["| point | class | deployment | vs baseline | " + " | ".join(metrics) + " |",
+             "|" + "---|" * (4 + len(metrics))]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return ("Change of each statistic against the co-located deployment of the same framework at the same point and "
+            "class, with its 95% bootstrap CI; negative = lower latency (better). **Bold**: the CI excludes 0.\n\n"
+            + "\n".join(lines) + "\n")
+
+
 def _markdown(ds: Dataset, t: Tables, name: str, figs: list[str], csvs: dict, kv_md: str, llmd: list[str]) -> str:
     p = []
     p.append(f"# pdsuite report: {name}\n")
@@ -142,11 +168,7 @@ def _markdown(ds: Dataset, t: Tables, name: str, figs: list[str], csvs: dict, kv
                     for c, v in t.slos.items())
     p.append(f"\nGoodput SLOs: {slo or 'default'}.\n")
     p.append("\n## Improvement over the co-located baseline\n")
-    if t.improvement.empty:
-        p.append("_no co-located baseline at matching points_\n")
-    else:
-        p += [f"- {r.text}{'' if r.significant else ' (not significant)'} ({r.point}, {r.cls})\n"
-              for r in t.improvement.itertuples()]
+    p.append(_improvement_md(t.improvement))
     p.append("\n## Client vs server TTFT\n")
     if t.consistency.empty:
         p.append("_no server-side TTFT histograms_\n")
@@ -163,17 +185,25 @@ def _markdown(ds: Dataset, t: Tables, name: str, figs: list[str], csvs: dict, kv
     if t.kv.empty:
         p.append("_no KV-transfer metrics in these runs_\n")
     else:
-        cols = [("deployment", "deployment"), ("point", "point"), ("role", "role"), ("transfers", "transfers"),
-                ("mean_s", "mean s"), ("mean_bytes", "bytes"), ("tokens_per_transfer", "tokens"),
-                ("achieved_Bps", "achieved B/s")]
-        p.append(_md_table(t.kv, cols, lambda r, c: f"{r[c]:.4g}" if isinstance(r[c], float) else str(r[c])))
+        cols = [("deployment", "deployment"), ("point", "point"), ("role", "recorded on"), ("transfers", "transfers"),
+                ("mean_s", "mean ms"), ("mean_bytes", "mean MB"), ("tokens_per_transfer", "prompt tokens"),
+                ("achieved_Bps", "achieved GB/s")]
+        scale = {"mean_s": 1e3, "mean_bytes": 1e-6, "achieved_Bps": 1e-9}
+
+        def kv_cell(r, c):
+            v = r[c]
+            if not isinstance(v, float):
+                return str(v)
+            return "-" if math.isnan(v) else f"{v * scale.get(c, 1):,.{2 if c in scale else 0}f}"
+
+        p.append(_md_table(t.kv, cols, kv_cell))
         slow = t.kv[t.kv["achieved_Bps"] < 5e9]
         if len(slow) and not ds.emulated:
             p.append("\n**Warning**: achieved KV bandwidth below 5 GB/s - the connector may have fallen back to TCP "
                      "(see docs: host network, ipc/pid host, both GPUs visible to both engines).\n")
     p.append(kv_md)
     p.append("\n## Figures\n")
-    p += [f"\n### {f}\n\n![{f}](figures/{f}.png)\n" for f in figs]
+    p += [f"\n### {FIG_TITLES.get(f, f)}\n\n![{f}](figures/{f}.png)\n" for f in figs]
     p.append("\n## Environment\n")
     p.append(_environment(ds))
     p.append("\n## Data\n")
@@ -182,6 +212,14 @@ def _markdown(ds: Dataset, t: Tables, name: str, figs: list[str], csvs: dict, kv
     p.append("\nEvery number above is computed from the request records of the points listed in points.csv "
              "(paths to each repetition's requests.parquet) and the raw /metrics snapshots beside them.\n")
     return "".join(p)
+
+
+def _inline(text: str) -> str:
+    import re
+
+    esc = html.escape(text, quote=False)
+    esc = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", esc)
+    return re.sub(r"`(.+?)`", r"<code>\1</code>", esc)
 
 
 def _html(md: str, pngs: dict[str, bytes]) -> str:
@@ -203,7 +241,7 @@ def _html(md: str, pngs: dict[str, bytes]) -> str:
             if not in_table:
                 body.append("<table>")
                 in_table = True
-            body.append("<tr>" + "".join(f"<{tag}>{html.escape(c)}</{tag}>" for c in cells) + "</tr>")
+            body.append("<tr>" + "".join(f"<{tag}>{_inline(c)}</{tag}>" for c in cells) + "</tr>")
             continue
         if in_table:
             body.append("</table>")
@@ -224,7 +262,7 @@ def _html(md: str, pngs: dict[str, bytes]) -> str:
             level = len(line) - len(line.lstrip("#"))
             body.append(f"<h{level}>{link[level + 1:]}</h{level}>")
         elif line.startswith("> "):
-            body.append(f'<div class="banner">{link[2:]}</div>')
+            body.append(f'<div class="banner">{link.removeprefix("&gt; ")}</div>')
         elif line.strip():
             body.append(f"<p>{link}</p>")
     if in_table:

@@ -34,7 +34,9 @@ def test_report_end_to_end(real_tree, tmp_path):
     # the synthetic P/D deployment is 40% faster at TTFT; its TPOT is the same
     assert len(ttft) == 4 and (ttft["ci_high"] < 0).all() and ttft["delta_pct"].between(-55, -25).all()
     assert not imp[imp["metric"] == "TPOT p50"]["significant"].all()
-    assert "vllm-disagg vs vllm-colocated" in (out / "report.md").read_text()
+    md = (out / "report.md").read_text()
+    # improvement table: one row per point x class x deployment, significant TTFT p50 changes in bold
+    assert md.count("| vllm-disagg | vllm-colocated | **-") == 4 and "negative = lower latency" in md
     kv = pd.read_csv(out / "kv_transfer.csv")
     assert (kv["bytes_per_token"].round() == 131072).all()
     cons = pd.read_csv(out / "ttft_consistency.csv")
@@ -82,3 +84,19 @@ def test_corrupt_point_json_and_schema_version(tmp_path):
     md = (tmp_path / "c" / "report.md").read_text()
     assert "corrupt point.json" in md and "schema 9.0" in md
     assert pd.read_csv(tmp_path / "c" / "summary.csv")["reps"].max() == 1
+
+
+def test_html_banner_tables_and_units(tmp_path):
+    from suite.report.load import load
+    from suite.report.render import write
+    from suite.report.tables import build
+
+    tree = make_tree(tmp_path / "t", rates=(2.0,), reps=1, n_per_rep=40)
+    ds = load([tree])
+    out = write(ds, build(ds, {}, 20), "h", tmp_path / "rep")
+    page = (out / "index.html").read_text()
+    assert '<div class="banner"><b>EMULATED</b>' in page and 'class="banner">t;' not in page  # no leaked "&gt;"
+    assert "<td><b>measured</b>: kvprobe" in page  # bold inside table cells
+    md = (out / "report.md").read_text()
+    assert "| mean ms | mean MB | prompt tokens | achieved GB/s |" in md and "e+" not in md.split("## KV")[1][:800]
+    assert "### Server-side time per request" in md and "### server_breakdown" not in md
