@@ -1,6 +1,6 @@
 """Seconds for one engine step and one KV transfer, from a model config and a hardware profile.
 
-step = overhead + allreduce(TP) + [prefill chunks: max(floor, FLOPs / (flops*tp_eff))]
+step = overhead + allreduce(TP) + [prefill chunks: max(floor, sum of FLOPs / (flops*tp_eff)), floor once per step]
                                 + [decodes: (active weights + KV of the batch) / (mem_bw*tp_eff)]
 A mixed step pays both terms, so a long prefill stalls the decodes sharing its step (co-located), and a
 decode-only engine (P/D) never pays it. Formulas and calibration: docs/emulator.md.
@@ -29,12 +29,20 @@ class CostModel:
 
     def prefill_s(self, tokens: int, context: int = 0) -> float:
         """Compute time of a prefill chunk of `tokens` new tokens after `context` cached ones."""
+        return self.prefill_batch_s([(tokens, context)])
+
+    def prefill_batch_s(self, chunks: list[tuple[int, int]]) -> float:
+        """Compute time of one step's prefill chunks [(new_tokens, context)]: they run in one forward pass, so the
+        overhead floor is paid once per step, not once per chunk (128 short prompts batched together cost about
+        what one prompt of their total length does)."""
+        tokens = sum(t for t, _ in chunks)
         if tokens <= 0:
             return 0.0
         # The floor was measured for 128..1024-token prompts; below 128 tokens scale it down (a 1-token
         # "prefill", e.g. vLLM D recomputing the last prompt token, costs about a decode token).
         floor = self.hw.prefill_floor_s * min(1.0, tokens / FLOOR_TOKENS)
-        return max(floor, self.model.prefill_flops(tokens, context) / (self.hw.flops * self._speedup))
+        flops = sum(self.model.prefill_flops(t, c) for t, c in chunks if t > 0)
+        return max(floor, flops / (self.hw.flops * self._speedup))
 
     def decode_s(self, batch: int, context_tokens: int) -> float:
         """Memory time of one decode step for `batch` sequences holding `context_tokens` tokens in total."""
@@ -57,7 +65,7 @@ class CostModel:
             return 0.0
         tokens = sum(t for t, _ in prefill) + decode_batch
         return (self.hw.step_overhead_s + self.allreduce_s(tokens)
-                + sum(self.prefill_s(t, c) for t, c in prefill) + self.decode_s(decode_batch, decode_context))
+                + self.prefill_batch_s(prefill) + self.decode_s(decode_batch, decode_context))
 
     def transfer_bytes(self, tokens: int) -> int:
         return self.model.kv_bytes(tokens)

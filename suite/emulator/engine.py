@@ -75,6 +75,7 @@ class EmissionStats:
         self.pass_s = 0.0  # first to last write of each step, summed: the in-situ cost of the writes
         self.pass_cpu_s = 0.0  # CPU time this thread got during those passes
         self.work_s = 0.0  # engine bookkeeping per step (plan, frame building, commit), summed
+        self.work_cpu_s = 0.0
         self.steps = 0
 
     def summary(self) -> dict[str, float]:
@@ -87,7 +88,8 @@ class EmissionStats:
                 **{f"p{q}_ms": float(np.percentile(a, q)) for q in (50, 90, 99, 99.9)},
                 "first_write_p50_ms": float(np.percentile(f, 50)), "first_write_p99_ms": float(np.percentile(f, 99)),
                 "write_us": self.pass_s / a.size * 1e6, "write_cpu_us": self.pass_cpu_s / a.size * 1e6,
-                "work_us_per_token": self.work_s / a.size * 1e6}
+                "work_us_per_token": self.work_s / a.size * 1e6,
+                "work_cpu_us_per_token": self.work_cpu_s / a.size * 1e6}
         if self.itl.buf:
             e = np.abs(self.itl.values()) * 1e3
             out |= {f"itl_err_p{q}_ms": float(np.percentile(e, q)) for q in (50, 99)}
@@ -220,7 +222,7 @@ class Engine:
             if self._chained:
                 start = max(self._last_end, now - MAX_BEHIND_S)
                 self.emission.slip_s += start - self._last_end
-            t0 = self.clock()
+            t0, c0 = self.clock(), time.thread_time()
             step = self.sched.plan(start)
             if step is None:  # only requests whose KV is still in flight
                 nxt = self.sched.next_ready()
@@ -231,10 +233,10 @@ class Engine:
                     await asyncio.wait_for(self._wake.wait(), timeout=max(0.0, nxt - now) if nxt else None)
                 continue
             frames = self._frames(step)
-            work = self.clock() - t0
+            work, work_cpu = self.clock() - t0, time.thread_time() - c0
             await self._sleep_until(step.end)
             stamps, failed = self._emit(frames)
-            t0 = self.clock()
+            t0, c0 = self.clock(), time.thread_time()
             self._after_emit(frames, stamps, failed, step.end)
             self._last_end = step.end
             self._chained = True
@@ -244,4 +246,5 @@ class Engine:
                 self.on_step(step)
             self.emission.steps += 1
             self.emission.work_s += work + self.clock() - t0
+            self.emission.work_cpu_s += work_cpu + time.thread_time() - c0
             await asyncio.sleep(0)  # let handlers run between steps

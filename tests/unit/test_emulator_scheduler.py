@@ -29,6 +29,14 @@ def test_prefill_calibration_matches_reference_h100():
     assert c.prefill_s(1) < 0.001  # a one-token chunk is not charged the short-prompt floor
 
 
+def test_batched_short_prefills_pay_the_floor_once_per_step():
+    # 128 prompts of 64 tokens in one step are one forward pass of 8192 tokens, not 128 x the short-prompt floor
+    c = cost()
+    batched = c.step_s([(64, 0)] * 128, 0, 0)
+    assert 0.5 * c.step_s([(8192, 0)], 0, 0) < batched < c.step_s([(8192, 0)], 0, 0)
+    assert c.step_s([(64, 0)] * 2, 0, 0) == pytest.approx(c.step_s([(128, 0)], 0, 0), rel=0.01)
+
+
 def test_decode_step_is_memory_bound_and_grows_with_batch_kv():
     c = cost()
     one = c.step_s([], 1, 1000)
