@@ -72,6 +72,7 @@ class EmissionStats:
         self.max_batch = 0
         self.queued = 0
         self.slip_s = 0.0
+        self.modelled_s = 0.0  # sum of the cost model's step durations: slip / this = how much the timeline stretched
         self.pass_s = 0.0  # first to last write of each step, summed: the in-situ cost of the writes
         self.pass_cpu_s = 0.0  # CPU time this thread got during those passes
         self.work_s = 0.0  # engine bookkeeping per step (plan, frame building, commit), summed
@@ -80,7 +81,7 @@ class EmissionStats:
 
     def summary(self) -> dict[str, float]:
         out = {"count": len(self.late.buf), "queued_writes": self.queued, "slip_ms": self.slip_s * 1e3,
-               "steps": self.steps, "max_batch": self.max_batch}
+               "modelled_ms": self.modelled_s * 1e3, "steps": self.steps, "max_batch": self.max_batch}
         if not self.late.buf:
             return out
         a, f = self.late.values() * 1e3, self.first.values() * 1e3
@@ -245,6 +246,7 @@ class Engine:
             if self.on_step is not None:
                 self.on_step(step)
             self.emission.steps += 1
+            self.emission.modelled_s += step.duration
             self.emission.work_s += work + self.clock() - t0
             self.emission.work_cpu_s += work_cpu + time.thread_time() - c0
             await asyncio.sleep(0)  # let handlers run between steps
