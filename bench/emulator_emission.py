@@ -4,16 +4,16 @@ engine step that produced the token), at 100 / 500 / 1,000 concurrent streams, s
     python bench/emulator_emission.py [--streams 100 500 1000] [--max-tokens 100] [--no-floor]
 
 The server stamps every token write itself, right after the bytes were handed to the kernel (GET /emu/emission);
-the client (another core) keeps the streams open and counts tokens. For each stream count the bench also runs a
-FLOOR: a bare Python loop that sends a frame of the same size to the same number of loopback connections at the
-same instant (no HTTP, no engine) - what one core of this machine can do at best. Prints a markdown table with
-the load average (the cores are shared); docs/emulator.md keeps the results.
+the client (a plain-socket reader on another core) keeps the streams open and counts tokens. For each stream
+count the bench also runs a FLOOR: a bare Python loop that sends a frame of the same size to the same number of
+loopback connections at one instant (no HTTP, no engine), read by the same kind of reader - what one core of this
+machine can do at best. Prints a markdown table with the load average (the cores are shared); docs/emulator.md
+keeps the results.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import multiprocessing as mp
 import os
@@ -44,20 +44,32 @@ def load1() -> float:
     return os.getloadavg()[0]
 
 
-async def client(port: int, streams: int, prompt: int, max_tokens: int) -> tuple[int, float]:
-    import aiohttp
-
-    url = f"http://127.0.0.1:{port}/v1/completions"
-    body = {"prompt": list(range(prompt)), "max_tokens": max_tokens, "stream": True}
-    conn = aiohttp.TCPConnector(limit=0)
-    async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=300)) as s:
-        async def one() -> int:
-            async with s.post(url, json=body) as r:  # read as it arrives, parse at the end (cheap client)
-                n = (await r.read()).count(b'"text":')
-            return n
-        t0 = time.monotonic()
-        counts = await asyncio.gather(*(one() for _ in range(streams)))
-        return sum(counts), time.monotonic() - t0
+def raw_client(port: int, streams: int, prompt: int, max_tokens: int, core: int, out) -> None:
+    """The streams' client, in its own process on the client core: plain sockets and one selector (a light reader,
+    like the floor's, so the two rows differ only by the server). Puts (tokens received, wall seconds)."""
+    os.sched_setaffinity(0, {core})
+    body = json.dumps({"prompt": list(range(prompt)), "max_tokens": max_tokens, "stream": True}).encode()
+    req = (b"POST /v1/completions HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+           b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    sel, bufs = selectors.DefaultSelector(), []
+    socks = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(streams)]
+    t0 = time.monotonic()
+    for i, s in enumerate(socks):  # connected first, then all requests back to back: they run as one batch
+        s.sendall(req)
+        s.setblocking(False)
+        sel.register(s, selectors.EVENT_READ, i)
+        bufs.append(bytearray())
+    left, deadline = streams, time.monotonic() + 300
+    while left and time.monotonic() < deadline:
+        for key, _ in sel.select(1):
+            data = key.fileobj.recv(1 << 16)
+            buf = bufs[key.data]
+            buf += data
+            if not data or buf.endswith(b"\r\n0\r\n\r\n"):  # end of the chunked body
+                sel.unregister(key.fileobj)
+                key.fileobj.close()
+                left -= 1
+    out.put((sum(b.count(b'"text":') for b in bufs), time.monotonic() - t0))
 
 
 def _drain(port: int, streams: int, total: int, core: int, ready) -> None:
@@ -147,14 +159,17 @@ def main() -> None:
                 break
             except OSError:
                 time.sleep(0.2)
-        if pin:
-            os.sched_setaffinity(0, {a.client_core})
         for n in a.streams:
             http(f"http://127.0.0.1:{port}/emu/emission/reset", b"")
             la = load1()
-            tokens, wall = asyncio.run(client(port, n, a.prompt, a.max_tokens))
+            q = mp.Queue()
+            c = mp.Process(target=raw_client, args=(port, n, a.prompt, a.max_tokens, a.client_core, q))
+            c.start()
+            tokens, wall = q.get(timeout=400)
+            c.join(10)
             s = http(f"http://127.0.0.1:{port}/emu/emission")
             assert tokens == n * a.max_tokens, f"got {tokens} tokens, want {n * a.max_tokens}"
+            assert s["max_batch"] == n, f"only {s['max_batch']} of {n} streams ever ran in one step"
             s |= {"load": max(la, load1()), "wall_s": wall}
             rows.append(("emulator", n, s))
             print(f"emulator {n} streams: {json.dumps(s)}", file=sys.stderr)
