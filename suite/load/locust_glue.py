@@ -46,21 +46,28 @@ class _Worker:
         self.sent = 0
         self.epoch = 0
         self.stopping = False
+        self.run = 0  # the point this worker is loading (records and pd_done carry it)
+        self.ep: Endpoint | None = None
 
     # --- setup -----------------------------------------------------------------------------------
     def start(self, env, msg: dict) -> None:
         self.stop(cancel=False)
         self.env, self.stopping, self.epoch, self.sent = env, False, 0, 0
+        self.run, self.emulated, self.pending = msg.get("run", 0), False, []
         self.spec = LoadSpec.model_validate(msg["spec"])
         self.shares = self.spec.shares()
         self.rate = self.spec.arrival.rate_rps
         self.model, self.index, self.count = msg["model"], msg["index"], msg["count"]
         self.itl_events = msg.get("itl_events", True)
-        self.ep = Endpoint(msg["host"])
+        if self.ep is None or self.ep.url != msg["host"]:  # a persistent worker keeps its keep-alive connections
+            if self.ep is not None:
+                self.ep.close()
+            self.ep = Endpoint(msg["host"])
         self.name = f"w{self.index}"
         self.t0_ns = time.monotonic_ns() + int((msg["t0_wall"] - time.time()) * 1e9)
         s = self.spec
-        self.builder = PromptBuilder(s.api, s.tokenizer, s.seed, s.shared_prefix_tokens, s.token_id_range)
+        self.builder = PromptBuilder(s.api, s.tokenizer, s.seed, s.shared_prefix_tokens, s.token_id_range,
+                                     text=s.text_prompts)
         self.greenlets.spawn(self._flusher)
         main = self._closed_loop if s.arrival.kind == "concurrency" else self._open_loop
         self.greenlets.spawn(self._run, main)
@@ -70,6 +77,11 @@ class _Worker:
         if cancel:
             self.inflight.kill(block=True, timeout=5)
         self.greenlets.kill(block=True, timeout=5)
+
+    def abort(self, data: dict) -> None:
+        """The master cancels this point: in-flight requests become `cancelled` records, then pd_done."""
+        if data.get("run") == self.run and self.env is not None and not self.stopping:
+            self.stop(cancel=True)
 
     def now_s(self) -> float:
         return (time.monotonic_ns() - self.t0_ns) / 1e9
@@ -187,7 +199,7 @@ class _Worker:
             main()
         finally:
             self._flush()
-            self._send("pd_done", {"worker": self.index, "sent": self.sent, "emulated": self.emulated})
+            self._send("pd_done", {"run": self.run, "worker": self.index, "sent": self.sent, "emulated": self.emulated})
 
     # --- reporting ---------------------------------------------------------------------------------
     def _flusher(self) -> None:
@@ -198,7 +210,7 @@ class _Worker:
     def _flush(self) -> None:
         if self.pending:
             batch, self.pending = self.pending, []
-            self._send("pd_records", batch)
+            self._send("pd_records", {"run": self.run, "records": batch})
 
     def _send(self, kind: str, data) -> None:
         runner = self.env.runner
@@ -209,7 +221,12 @@ class _Worker:
 
 
 class _Master:
-    """The master (or local runner): hands out the schedule, gathers records, writes them."""
+    """The master (or local runner): hands out the schedule, gathers records, writes them.
+
+    A point starts from the web UI's swarm (test_start) or from the control route POST /pdsuite/run (LoadCluster);
+    messages carry the point's run id, so records arriving late from an earlier point never mix into this one."""
+
+    T0_DELAY_S = 0.3  # workers get the schedule's t0 this far ahead, so all start on the same clock
 
     def __init__(self) -> None:
         self.records: list[dict] = []
@@ -220,8 +237,13 @@ class _Master:
         self.started_at = 0.0
         self.rate: float | None = None
         self.mix: dict[str, float] | None = None
+        self.run = 0
+        self.out = ""
+        self.finished = False
+        self.failure: str | None = None
 
     def spec(self) -> LoadSpec:
+        from suite.load.resolve import resolve_spec
         from suite.load.spec import load_spec
 
         o = self.env.parsed_options
@@ -233,31 +255,64 @@ class _Master:
             upd["arrival"] = spec.arrival.model_copy(update={"rate_rps": float(o.pd_rate)})
         if o.pd_mix:
             upd["mix"] = parse_mix(o.pd_mix)
-        return load_spec({**spec.model_dump(mode="json"), **{k: _dump(v) for k, v in upd.items()}}) if upd else spec
+        if upd:
+            spec = load_spec({**spec.model_dump(mode="json"), **{k: _dump(v) for k, v in upd.items()}})
+        return resolve_spec(spec, o.pd_deployment or None)
 
     def start(self, env) -> None:
-        self.env, self.records, self.done, self.emulated = env, [], set(), False
-        spec = self.spec()
-        self.rate, self.mix = spec.arrival.rate_rps, spec.shares()
+        """A swarm from the web UI (or `locust --headless`)."""
+        from suite.config import ConfigError
+
+        self.env = env
         o = env.parsed_options
-        msg = {"spec": spec.model_dump(mode="json"), "model": o.pd_model or os.environ.get("PDSUITE_MODEL", ""),
-               "host": env.host, "t0_wall": time.time() + 0.5, "itl_events": o.pd_itl_events == "on"}
+        try:
+            spec = self.spec()
+        except (ConfigError, ValueError) as e:
+            log.error("pdsuite load: %s", e)
+            return
+        self.begin(spec, o.pd_model or os.environ.get("PDSUITE_MODEL", ""), env.host, o.pd_out,
+                   o.pd_itl_events == "on", self.run + 1)
+
+    def begin(self, spec: LoadSpec, model: str, host: str, out: str, itl_events: bool, run: int) -> None:
+        self.run, self.out, self.records, self.done = run, out, [], set()
+        self.emulated, self.finished, self.failure = False, False, None
+        self.rate, self.mix, self.spec_used = spec.arrival.rate_rps, spec.shares(), spec
+        msg = {"run": run, "spec": spec.model_dump(mode="json"), "model": model, "host": host,
+               "t0_wall": time.time() + self.T0_DELAY_S, "itl_events": itl_events}
         self.started_at = msg["t0_wall"]
-        self.spec_used = spec
-        runner = env.runner
+        runner = self.env.runner
         if isinstance(runner, MasterRunner):
-            ids = sorted(c.id for c in runner.clients.values())
+            ids = self.worker_ids()
             self.workers = len(ids)
             for k, cid in enumerate(ids):
                 runner.send_message("pd_start", {**msg, "index": k, "count": len(ids)}, client_id=cid)
         else:
             self.workers = 1
-            WORKER.start(env, {**msg, "index": 0, "count": 1})
-        log.info("pdsuite load: %s, %d worker(s), mix %s", spec.arrival.kind, self.workers, self.mix)
+            WORKER.start(self.env, {**msg, "index": 0, "count": 1})
+        log.info("pdsuite load: run %d, %s, %d worker(s), mix %s", run, spec.arrival.kind, self.workers, self.mix)
+
+    def worker_ids(self) -> list[str]:
+        from locust.runners import STATE_MISSING
+
+        return sorted(c.id for c in self.env.runner.clients.values() if c.state != STATE_MISSING)
+
+    def abort(self, reason: str) -> None:
+        """Cancel the point: live workers cancel their in-flight requests (recorded) and report; a dead worker
+        never will, so the records are written after a short grace either way."""
+        self.failure = reason
+        runner = self.env.runner
+        if isinstance(runner, MasterRunner):
+            runner.send_message("pd_abort", {"run": self.run})
+        else:
+            WORKER.abort({"run": self.run})
+        run = self.run
+        gevent.spawn_later(5.0, lambda: self.run == run and self.finish())
 
     def on_message(self, kind: str, data) -> None:
+        if data.get("run", 0) != self.run or self.finished:
+            return  # late message from an earlier point
         if kind == "pd_records":
-            self.records.extend(data)
+            self.records.extend(data["records"])
         elif kind == "pd_done":
             self.done.add(data["worker"])
             if data.get("emulated"):
@@ -268,13 +323,17 @@ class _Master:
     def finish(self) -> None:
         from suite.load.records import write_records
 
-        out = self.env.parsed_options.pd_out
+        if self.finished:
+            return
+        out = self.out
         if out:
             n = write_records(Path(out) / "requests.parquet", self.records)
-            info = {"records": n, "workers": self.workers, "emulated": self.emulated,
-                    "t0_wall": self.started_at, "workload": self.spec_used.to_workload().model_dump(mode="json")}
+            info = {"records": n, "workers": self.workers, "emulated": self.emulated, "run": self.run,
+                    "t0_wall": self.started_at, "failure": self.failure,
+                    "workload": self.spec_used.to_workload().model_dump(mode="json")}
             (Path(out) / "load.json").write_text(json.dumps(info, indent=1))
             log.info("pdsuite load: wrote %d records to %s%s", n, out, " (EMULATED endpoint)" if self.emulated else "")
+        self.finished = True
         if self.env.parsed_options.headless:
             gevent.spawn_later(0.2, self.env.runner.quit)
 
@@ -284,8 +343,11 @@ class _Master:
             c = by.setdefault(r["request_class"], {"done": 0, "ok": 0, "error": 0, "timeout": 0, "cancelled": 0})
             c["done"] += 1
             c[r["status"]] += 1
+        runner = self.env.runner if self.env else None
+        connected = len(self.worker_ids()) if isinstance(runner, MasterRunner) else 1
         return {"emulated": self.emulated, "rate_rps": self.rate, "mix": self.mix, "workers": self.workers,
-                "workers_done": len(self.done), "classes": by}
+                "workers_done": len(self.done), "workers_connected": connected, "run": self.run,
+                "finished": self.finished, "failure": self.failure, "records": len(self.records), "classes": by}
 
 
 def parse_mix(text: str) -> dict[str, float]:
@@ -317,6 +379,8 @@ def _args(parser) -> None:
     g.add_argument("--pd-model", default="", help="model name (default: $PDSUITE_MODEL)")
     g.add_argument("--pd-out", default="", help="folder for requests.parquet (written by the master)")
     g.add_argument("--pd-itl-events", default="on", choices=["on", "off"], help="one ITL stats entry per token")
+    g.add_argument("--pd-deployment", default="", help="catalog name (e.g. emu-sglang-disagg): picks the prompt form "
+                                                       "and resolves tokenizer: auto")
 
 
 @events.init.add_listener
@@ -325,6 +389,7 @@ def _init(environment, **_kw) -> None:
     if isinstance(runner, WorkerRunner):
         runner.register_message("pd_start", lambda msg, **kw: WORKER.start(environment, msg.data))
         runner.register_message("pd_rate", lambda msg, **kw: _set_live(msg.data))
+        runner.register_message("pd_abort", lambda msg, **kw: WORKER.abort(msg.data))
         return
     MASTER.env = environment
     if isinstance(runner, MasterRunner):
@@ -350,6 +415,27 @@ def _routes(environment) -> None:
 
     @app.route("/pdsuite")
     def pd_status():
+        return jsonify(MASTER.status())
+
+    @app.route("/pdsuite/run", methods=["POST"])
+    def pd_run():
+        """LoadCluster's control route: start one point on the connected workers (no Locust swarm)."""
+        from suite.load.spec import LoadSpec
+
+        req = request.get_json(force=True)
+        if MASTER.run and not MASTER.finished:
+            return jsonify({"error": f"run {MASTER.run} is still going"}), 409
+        if isinstance(environment.runner, MasterRunner) and not MASTER.worker_ids():
+            return jsonify({"error": "no workers connected"}), 409
+        spec = LoadSpec.model_validate(req["spec"])
+        MASTER.begin(spec, req["model"], req["host"], req["out"], bool(req.get("itl_events")), int(req["run"]))
+        return jsonify(MASTER.status())
+
+    @app.route("/pdsuite/abort", methods=["POST"])
+    def pd_abort():
+        req = request.get_json(force=True)
+        if req.get("run") == MASTER.run and not MASTER.finished:
+            MASTER.abort(str(req.get("reason") or "aborted"))
         return jsonify(MASTER.status())
 
     @app.route("/pdsuite/rate")

@@ -1,12 +1,8 @@
-"""run_load: one load point, headless, Locust master + N worker processes -> out_dir/requests.parquet."""
+"""run_load: one load point, headless, on a Locust master + N worker processes -> out_dir/requests.parquet."""
 
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -15,9 +11,6 @@ from pydantic import BaseModel, Field
 from suite.config import ConfigError
 from suite.load.spec import LoadSpec
 from suite.schema import Status
-
-ROOT = Path(__file__).resolve().parents[2]
-LOCUSTFILE = ROOT / "locustfiles" / "pd_mix.py"
 
 
 class LoadSummary(BaseModel):
@@ -37,18 +30,22 @@ class LoadSummary(BaseModel):
     failure: str | None = None  # one line when the run itself failed (no records)
 
 
-def _preflight(spec: LoadSpec) -> None:
-    """Everything that can be wrong with the input fails here, before any process starts."""
+def preflight(spec: LoadSpec) -> LoadSpec:
+    """Everything that can be wrong with the input fails here, before any process starts. Returns the spec with
+    `auto` fields made concrete where no deployment is known (see suite.load.resolve)."""
     from suite.load.prompts import make_tokenizer
+    from suite.load.resolve import resolve_spec
     from suite.load.schedule import plans
 
-    if spec.api == "chat":
+    spec = resolve_spec(spec)
+    if spec.text_prompts:
         make_tokenizer(spec.tokenizer)
     if spec.arrival.kind != "concurrency" and not plans(spec):
         raise ConfigError("the load spec schedules no requests (duration too short or rate too low)")
+    return spec
 
 
-def _budget(spec: LoadSpec) -> float:
+def budget(spec: LoadSpec) -> float:
     a = spec.arrival
     if spec.duration_s is not None:
         span = spec.duration_s
@@ -65,48 +62,21 @@ def _budget(spec: LoadSpec) -> float:
 
 def run_load(endpoint: str, model: str, spec: LoadSpec, out_dir: Path, workers: int = 2,
              timeout_s: float | None = None, itl_events: bool = False) -> LoadSummary:
-    """Run headless; returns counts. Bad input raises ConfigError before load starts."""
-    from suite.load.testserver import free_port
+    """One point, headless; returns counts. Bad input raises ConfigError before load starts.
 
-    _preflight(spec)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    spec_path = out_dir / "loadspec.json"
-    spec_path.write_text(spec.model_dump_json(indent=1))
-    parquet = out_dir / "requests.parquet"
-    parquet.unlink(missing_ok=True)
-    port = free_port()
-    base = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--skip-log-setup", "--loglevel", "WARNING"]
-    master = [*base, "--master", "--headless", "--master-bind-host", "127.0.0.1", "--master-bind-port", str(port),
-              "--expect-workers", str(workers), "-u", str(workers), "-r", str(workers), "--host", endpoint,
-              "--pd-spec", str(spec_path), "--pd-model", model, "--pd-out", str(out_dir),
-              "--pd-itl-events", "on" if itl_events else "off", "--only-summary", "--stop-timeout", "5"]
-    worker = [*base, "--worker", "--master-host", "127.0.0.1", "--master-port", str(port)]
-    limit = timeout_s or _budget(spec)
-    t_start = time.monotonic()
-    log = (out_dir / "locust.log").open("wb")
-    procs = [subprocess.Popen(master, stdout=log, stderr=subprocess.STDOUT)]
-    procs += [subprocess.Popen(worker, stdout=log, stderr=subprocess.STDOUT) for _ in range(workers)]
-    failure = None
-    try:
-        procs[0].wait(timeout=limit)
-    except subprocess.TimeoutExpired:
-        failure = f"load did not finish within {limit:.0f} s"
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(5)
-        log.close()
-    wall = time.monotonic() - t_start
-    if not parquet.is_file():
-        tail = (out_dir / "locust.log").read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
-        return LoadSummary(wall_s=wall, failure=failure or f"no records written (locust: {tail[0][:200]})")
+    Inside `with LoadCluster(endpoint, model, workers):` the point runs on that persistent cluster; otherwise a
+    cluster is started for this point alone."""
+    from suite.load.cluster import LoadCluster
+
+    cluster = LoadCluster.active(endpoint, model, workers)
+    if cluster is not None:
+        return cluster.run(spec, out_dir, timeout_s, itl_events)
+    spec = preflight(spec)  # bad input: no process started
+    with LoadCluster(endpoint, model, workers) as one_shot:
+        return one_shot.run(spec, out_dir, timeout_s, itl_events)
+
+
+def finish_summary(parquet: Path, spec: LoadSpec, out_dir: Path, wall: float, failure: str | None) -> LoadSummary:
     summary = summarise(parquet, spec)
     summary.wall_s, summary.failure = wall, failure
     info = out_dir / "load.json"

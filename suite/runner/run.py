@@ -117,10 +117,25 @@ def _run_deployment(plan: Plan, settings: Settings, name: str, todo: list, out: 
     """Returns True when the plan must stop."""
     dep_dir = out / name
     dep_dir.mkdir(parents=True, exist_ok=True)
+    from suite.config import ConfigError
+    from suite.load.cluster import LoadCluster
+    from suite.load.resolve import resolve_spec
+    from suite.load.spec import LoadSpec
+
     driver = make_driver(driver_kind, name, settings, dep_dir / "logs")
     t0 = time.monotonic()
     try:
         progress(f"{name}: starting")
+        try:
+            for _label, spec, _rep in todo:  # prompt form and tokenizer fit the deployment, or fail before up
+                resolve_spec(LoadSpec(**spec), name, settings)
+        except (ConfigError, ValueError) as e:
+            why = f"load spec does not fit {name}: {str(e).splitlines()[0]}"
+            for label, _spec, rep in todo:
+                _write_failed(plan, settings, name, label, rep, out, why, {})
+                state.failed.append(f"{name}/{label}/rep{rep}")
+                state.done += 1
+            return plan.on_failure == "stop"
         try:
             driver.down()  # a leftover stack from a crashed run would hold the ports
             driver.up(plan.up_timeout_s)
@@ -132,28 +147,32 @@ def _run_deployment(plan: Plan, settings: Settings, name: str, todo: list, out: 
             return plan.on_failure == "stop"
         finally:
             state.timings.up_s += time.monotonic() - t0
-        t1 = time.monotonic()
-        if plan.warmup_requests:
-            progress(f"{name}: warm-up")
-            _warmup(plan, settings, driver, todo[0][1], dep_dir, workers)
-        state.timings.warmup_s += time.monotonic() - t1
+        # one Locust master + workers for the warm-up and every point, kept for the plan's next deployment
+        # (starts lazily, on the first load)
+        with LoadCluster(driver.endpoint, settings.MODEL, workers, log_dir=dep_dir / "logs", keep=True):
+            t1 = time.monotonic()
+            if plan.warmup_requests:
+                progress(f"{name}: warm-up")
+                _warmup(plan, settings, driver, todo[0][1], dep_dir, workers)
+            state.timings.warmup_s += time.monotonic() - t1
 
-        broken = None
-        for label, spec, rep in todo:
-            progress(f"{name}: {label} rep{rep}")
-            if broken:
-                _write_failed(plan, settings, name, label, rep, out, broken, {})
-                state.failed.append(f"{name}/{label}/rep{rep}")
+            broken = None
+            for label, spec, rep in todo:
+                progress(f"{name}: {label} rep{rep}")
+                if broken:
+                    _write_failed(plan, settings, name, label, rep, out, broken, {})
+                    state.failed.append(f"{name}/{label}/rep{rep}")
+                    state.done += 1
+                    continue
+                ok, failure = _run_point(plan, settings, driver, name, label, spec, rep, out, workers, state,
+                                         snapshot)
                 state.done += 1
-                continue
-            ok, failure = _run_point(plan, settings, driver, name, label, spec, rep, out, workers, state, snapshot)
-            state.done += 1
-            if not ok:
-                state.failed.append(f"{name}/{label}/rep{rep}")
-                if driver.dead():
-                    broken = f"skipped: the deployment broke at {label} rep{rep} ({failure})"
-                if plan.on_failure == "stop":
-                    return True
+                if not ok:
+                    state.failed.append(f"{name}/{label}/rep{rep}")
+                    if driver.dead():
+                        broken = f"skipped: the deployment broke at {label} rep{rep} ({failure})"
+                    if plan.on_failure == "stop":
+                        return True
         return False
     finally:
         t2 = time.monotonic()
@@ -180,6 +199,7 @@ def _point_result(plan: Plan, settings: Settings, name: str, label: str, rep: in
 def _run_point(plan: Plan, settings: Settings, driver: Driver, name: str, label: str, spec: dict, rep: int,
                out: Path, workers: int, state: RunState, snapshot) -> tuple[bool, str | None]:
     from suite.load import run_load
+    from suite.load.resolve import resolve_spec
     from suite.load.spec import LoadSpec
 
     final = out / name / label / f"rep{rep}"
@@ -194,7 +214,8 @@ def _run_point(plan: Plan, settings: Settings, driver: Driver, name: str, label:
         snapshot(urls, tmp / "metrics" / "before")
         state.timings.scrape_s += time.monotonic() - t
         t = time.monotonic()
-        summary = run_load(driver.endpoint, settings.MODEL, LoadSpec(**spec), tmp, workers=workers,
+        load_spec = resolve_spec(LoadSpec(**spec), name, settings)  # framework's prompt form, tokenizer
+        summary = run_load(driver.endpoint, settings.MODEL, load_spec, tmp, workers=workers,
                            timeout_s=plan.point_timeout_s)
         result.load_wall_s = time.monotonic() - t
         state.timings.load_s += result.load_wall_s
@@ -237,14 +258,21 @@ def _write_failed(plan, settings, name, label, rep, out: Path, why: str, spec: d
 def _warmup(plan: Plan, settings: Settings, driver: Driver, spec: dict, dep_dir: Path, workers: int) -> None:
     """A few requests of every class before measuring (includes the first NIXL handshake); kept, not reported."""
     from suite.load import run_load
+    from suite.load.resolve import resolve_spec
     from suite.load.spec import LoadSpec
 
+    # Short outputs: the warm-up is for first-request costs (connections, NIXL handshake, graphs), and long decodes
+    # here would only add time outside the measured points.
+    classes = {k: c | {"output": {"min": min(c["output"]["min"], 8), "max": min(c["output"]["max"], 8)}}
+               for k, c in LoadSpec(**spec).model_dump(mode="json")["classes"].items()}
     warm = spec | {"arrival": {"kind": "concurrency", "concurrency": 2}, "num_requests": plan.warmup_requests,
-                   "duration_s": None}
+                   "duration_s": None, "classes": classes}
     wdir = dep_dir / "warmup"
     wdir.mkdir(exist_ok=True)
     try:
-        run_load(driver.endpoint, settings.MODEL, LoadSpec(**warm), wdir, workers=1, timeout_s=plan.point_timeout_s)
+        warm_spec = resolve_spec(LoadSpec(**warm), driver.dep.name, settings)
+        # same workers as the points: the warm-up runs on (and starts) the deployment's load cluster
+        run_load(driver.endpoint, settings.MODEL, warm_spec, wdir, workers=workers, timeout_s=plan.point_timeout_s)
     except Exception as e:  # a failed warm-up shows up again in the first point; note it and go on
         (wdir / "error.txt").write_text(f"{type(e).__name__}: {e}\n")
 

@@ -50,3 +50,48 @@ def test_bad_input_fails_before_start(tmp_path):
     with pytest.raises(ConfigError, match="malformed"):
         run_load("http://127.0.0.1:9", "m", spec, tmp_path / "out", workers=2)
     assert not (tmp_path / "out" / "locust.log").exists()
+
+
+def test_cluster_is_reused_across_points_and_serves_run_load(tmp_path):
+    from suite.load.cluster import LoadCluster
+
+    ids = load_spec({"classes": CLASSES, "arrival": {"kind": "poisson", "rate_rps": 10}, "duration_s": 2, "seed": 3})
+    text = load_spec({"classes": CLASSES, "arrival": {"kind": "concurrency", "concurrency": 4}, "num_requests": 12,
+                      "completions_prompt": "text", "tokenizer": "words"})
+    with running(ttft_ms=3, itl_ms=1) as url:
+        with LoadCluster(url, "m", 2, keep=True) as lc:  # a runner's first deployment
+            a = lc.run(ids, tmp_path / "a", timeout_s=60)
+            pids = [p.pid for p in lc.procs]
+        assert all(p.poll() is None for p in lc.procs)  # parked, not stopped
+        with LoadCluster(url, "m", 2, keep=True) as lc:  # the next deployment adopts the processes
+            b = run_load(url, "m", text, tmp_path / "b", workers=2, timeout_s=60)  # finds the open cluster
+            assert lc.starts == 1 and [p.pid for p in lc.procs] == pids
+        LoadCluster.close_parked()
+    assert not any(p.poll() is None for p in lc.procs)  # stopped
+    assert a.failure is None and a.ok == len(plans(ids)) == len(pd.read_parquet(tmp_path / "a" / "requests.parquet"))
+    df = pd.read_parquet(tmp_path / "b" / "requests.parquet")
+    assert b.failure is None and len(df) == 12 and (df["status"] == "ok").all()
+    assert (df["prompt_tokens"] == df["input_tokens"]).all()  # text prompts of exact length (server counts words)
+    assert "locust" in (tmp_path / "a" / "locust.log").read_text().lower() or a.ok  # the log slice exists
+
+
+def test_dead_worker_fails_the_point_without_hanging_and_the_next_point_runs(tmp_path):
+    import threading
+    import time
+
+    from suite.load.cluster import LoadCluster
+
+    spec = load_spec({"classes": CLASSES, "arrival": {"kind": "constant", "rate_rps": 10}, "duration_s": 6})
+    with running(ttft_ms=3, itl_ms=1) as url, LoadCluster(url, "m", 2) as lc:
+        lc.start()
+        victim = lc.procs[1]
+        threading.Timer(2.0, victim.kill).start()
+        t = time.monotonic()
+        s = lc.run(spec, tmp_path / "a", timeout_s=60)
+        assert time.monotonic() - t < 30
+        assert s.failure and f"worker process 1 of 2 (pid {victim.pid}) exited" in s.failure
+        df = pd.read_parquet(tmp_path / "a" / "requests.parquet")  # what the live worker sent is kept
+        assert df["worker"].value_counts().max() >= 5 and len(df) < len(plans(spec))
+        again = lc.run(spec.model_copy(update={"duration_s": 1.0}), tmp_path / "b", timeout_s=60)
+        assert again.failure is None and again.ok == len(plans(spec.model_copy(update={"duration_s": 1.0})))
+        assert lc.starts == 2  # restarted after the crash
