@@ -64,6 +64,10 @@ class Framework:
         """Hand-off options the stand-in engine needs to speak this framework's P/D protocol."""
         return []
 
+    def max_model_len(self, dep: Deployment, settings) -> int:
+        """Longest request (prompt + output) the deployment's engines accept."""
+        return settings.MAX_MODEL_LEN
+
     def extra_ports(self, dep: Deployment, eng: Engine) -> list[str]:
         """Settings naming ports the engine opens besides its HTTP port (side channels, bootstrap, NCCL)."""
         return []
