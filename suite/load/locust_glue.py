@@ -210,7 +210,7 @@ class _Worker:
     def _flush(self) -> None:
         if self.pending:
             batch, self.pending = self.pending, []
-            self._send("pd_records", {"run": self.run, "records": batch})
+            self._send("pd_records", {"run": self.run, "records": batch, "emulated": self.emulated})
 
     def _send(self, kind: str, data) -> None:
         runner = self.env.runner
@@ -313,6 +313,7 @@ class _Master:
             return  # late message from an earlier point
         if kind == "pd_records":
             self.records.extend(data["records"])
+            self.emulated = self.emulated or bool(data.get("emulated"))  # live, for the UI's marker
         elif kind == "pd_done":
             self.done.add(data["worker"])
             if data.get("emulated"):
@@ -411,7 +412,10 @@ def _set_live(data: dict) -> None:
 def _routes(environment) -> None:
     from flask import jsonify, request
 
+    from suite.load import webui
+
     app = environment.web_ui.app
+    webui.extend(environment, MASTER)
 
     @app.route("/pdsuite")
     def pd_status():
