@@ -11,7 +11,8 @@ DRIVER  ?= compose
 # Images for the CPU-only paths build FROM a local debootstrapped base (no registry needed); GPU hosts may
 # set BASE_IMAGE=python:3.11-slim.
 BASE_IMAGE ?= local/debian:bookworm-py
-DEPLOYMENTS := vllm-disagg vllm-colocated vllm-tp2 vllm-dp2 sglang-disagg sglang-colocated sglang-tp2 sglang-dp2
+DEPLOYMENTS := vllm-disagg vllm-colocated vllm-tp2 vllm-dp2 vllm-1p2d vllm-2p1d \
+               sglang-disagg sglang-colocated sglang-tp2 sglang-dp2 sglang-1p2d sglang-2p1d
 
 .PHONY: help venv gen lint setup images test test-unit test-integration test-docker demo bench report kvprobe doctor \
         locust down ps logs clean $(addprefix up-,$(DEPLOYMENTS))

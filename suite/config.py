@@ -50,11 +50,13 @@ class Settings(BaseModel):
     # --- GPUs --------------------------------------------------------------------------------------
     PREFILL_GPU: int = Field(0, ge=0, description="Host GPU index of the prefill engine (replica 0 / TP rank 0).")
     DECODE_GPU: int = Field(1, ge=0, description="Host GPU index of the decode engine (replica 1 / TP rank 1).")
+    THIRD_GPU: int = Field(2, ge=0, description="Host GPU index of the third engine of xPyD deployments (1p2d, 2p1d).")
     # --- network -----------------------------------------------------------------------------------
     BIND_ADDRESS: str = Field("127.0.0.1", description="Address every server binds to. 0.0.0.0 exposes them.")
     ENDPOINT_PORT: int = _port(8000, "The one OpenAI-compatible endpoint every deployment serves.")
     ENGINE_A_PORT: int = _port(8100, "Port of the prefill engine (or replica 0) behind the router.")
     ENGINE_B_PORT: int = _port(8200, "Port of the decode engine (or replica 1) behind the router.")
+    ENGINE_C_PORT: int = _port(8300, "Port of the third engine of xPyD deployments.")
     ROUTER_METRICS_PORT: int = _port(29000, "Prometheus port of the router.")
     LOCUST_WEB_PORT: int = _port(8089, "Locust web UI.")
     LOCUST_WORKERS: int = Field(2, ge=1, le=64, description="Locust worker processes started by `make locust`.")
@@ -72,14 +74,17 @@ class Settings(BaseModel):
     VLLM_KV_CONNECTOR: str = Field("NixlConnector", description="vLLM KV connector for P/D.")
     VLLM_NIXL_PORT_PREFILL: int = _port(5600, "NIXL side-channel port of the vLLM prefill engine.")
     VLLM_NIXL_PORT_DECODE: int = _port(5601, "NIXL side-channel port of the vLLM decode engine.")
+    VLLM_NIXL_PORT_THIRD: int = _port(5602, "NIXL side-channel port of the third vLLM engine (xPyD).")
     SGLANG_TRANSFER_BACKEND: str = Field(
         "nixl",
         pattern=r"^(mooncake|nixl|mooncake_tcp|mori|ascend)$",
         description="SGLang --disaggregation-transfer-backend (nixl is reliable on one host).",
     )
     SGLANG_BOOTSTRAP_PORT: int = _port(8998, "SGLang prefill bootstrap server port.")
+    SGLANG_BOOTSTRAP_PORT_THIRD: int = _port(8999, "Bootstrap port of a second SGLang prefill engine (2p1d).")
     SGLANG_NCCL_PORT_A: int = _port(31000, "SGLang --nccl-port of engine A.")
     SGLANG_NCCL_PORT_B: int = _port(31100, "SGLang --nccl-port of engine B.")
+    SGLANG_NCCL_PORT_C: int = _port(31200, "SGLang --nccl-port of the third engine (xPyD).")
     # --- extra engine arguments ----------------------------------------------------------------------
     VLLM_EXTRA_ARGS: str = Field("", description="Appended to every vLLM engine command line.")
     SGLANG_EXTRA_ARGS: str = Field("", description="Appended to every SGLang engine command line.")
@@ -107,9 +112,8 @@ class Settings(BaseModel):
         if self.PREFILL_GPU >= self.DECODE_GPU:
             # P/D and TP=2 containers see both GPUs in PCI order and pick theirs by ordinal (0 = prefill).
             raise ValueError("PREFILL_GPU must be a lower GPU index than DECODE_GPU")
-        ports = [self.ENDPOINT_PORT, self.ENGINE_A_PORT, self.ENGINE_B_PORT, self.ROUTER_METRICS_PORT,
-                 self.VLLM_NIXL_PORT_PREFILL, self.VLLM_NIXL_PORT_DECODE, self.SGLANG_BOOTSTRAP_PORT,
-                 self.SGLANG_NCCL_PORT_A, self.SGLANG_NCCL_PORT_B]
+        ports = [getattr(self, name) for name in type(self).model_fields if name.endswith("_PORT")
+                 or "_PORT_" in name]
         dup = {p for p in ports if ports.count(p) > 1}
         if dup:
             raise ValueError(f"ports must be distinct, used twice: {sorted(dup)}")

@@ -89,7 +89,7 @@ def check_gpus(p: Probe, settings, gpus_needed: int) -> list[Check]:
         return [*checks, Check("gpus", "fail", "nvidia-smi failed: no NVIDIA driver/GPU on this host "
                                                "(use the emu-* or cpu-* profiles without GPUs)")]
     gpus = parse_gpus(out)
-    want = [settings.PREFILL_GPU, settings.DECODE_GPU][:gpus_needed]
+    want = [settings.PREFILL_GPU, settings.DECODE_GPU, settings.THIRD_GPU][:gpus_needed]
     missing = [g for g in want if g not in gpus]
     if missing:
         return [*checks, Check("gpus", "fail", f"GPU index {missing[0]} does not exist (host has "
@@ -104,10 +104,11 @@ def check_gpus(p: Probe, settings, gpus_needed: int) -> list[Check]:
                                                           "stop what runs there or lower the fraction"))
     if gpus_needed >= 2:
         rc, topo = p.run("nvidia-smi", "topo", "-m")
-        link = link_between(topo, *want) if rc == 0 else "?"
-        status = "ok" if link.startswith("NV") else "warn"
-        checks.append(Check("nvlink", status, f"GPU{want[0]}<->GPU{want[1]}: {link}"
-                            + ("" if status == "ok" else " (no NVLink: KV transfer and TP run over PCIe/host)")))
+        links = {(a, b): link_between(topo, a, b) if rc == 0 else "?" for i, a in enumerate(want) for b in want[i + 1:]}
+        status = "ok" if all(v.startswith("NV") for v in links.values()) else "warn"
+        detail = ", ".join(f"GPU{a}<->GPU{b}: {v}" for (a, b), v in links.items())
+        checks.append(Check("nvlink", status, detail + ("" if status == "ok" else
+                                                         " (no NVLink: KV transfer and TP run over PCIe/host)")))
     return checks
 
 
@@ -153,12 +154,15 @@ def check_setup_services(p: Probe, settings, dep) -> list[Check]:
 
 
 def diagnose(profile: str | None, settings, probe: Probe | None = None) -> list[Check]:
-    from suite.deploy.catalog import get, port_settings
+    from suite.deploy.catalog import get, gpu_order_problem, port_settings
     from suite.deploy.model import Backend
 
     p = probe or Probe()
     dep = get(profile) if profile else None  # ValueError on an unknown profile
     checks = check_docker(p)
+    order = gpu_order_problem(dep, settings) if dep else None
+    if order:
+        checks.append(Check("gpu-order", "fail", f"{order}: engines pick their GPU by PCI-order ordinal"))
     checks += check_ports(p, settings, port_settings(dep) if dep else ["ENDPOINT_PORT"])
     if dep is None or dep.backend is Backend.GPU:
         checks += check_gpus(p, settings, dep.gpus_needed if dep else 2)

@@ -97,10 +97,13 @@ def locust_services() -> dict[str, dict]:
     common = {"image": "${SUITE_IMAGE}", "profiles": ["locust"], "network_mode": "host", "init": True,
               "environment": {"PDSUITE_MODEL": "${MODEL}", "PYTHONUNBUFFERED": "1"},
               "volumes": ["./results:/app/results"], "labels": {"pdsuite.role": "load"}}
+    # The master listens for workers on the configured address too (its default is every interface).
     master = common | {"command": command(["locust", "-f", LOCUSTFILE, "--master", "--host", host,
+                                           "--master-bind-host", "${BIND_ADDRESS}",
                                            "--web-host", "${BIND_ADDRESS}", "--web-port", "${LOCUST_WEB_PORT}",
                                            "--expect-workers", "${LOCUST_WORKERS}"])}
-    worker = common | {"command": command(["locust", "-f", LOCUSTFILE, "--worker", "--master-host", "127.0.0.1"]),
+    worker = common | {"command": command(["locust", "-f", LOCUSTFILE, "--worker",
+                                           "--master-host", "${BIND_ADDRESS}"]),
                        "depends_on": ["locust-master"], "deploy": {"replicas": "${LOCUST_WORKERS}"}}
     return {"locust-master": master, "locust-worker": worker}
 

@@ -31,6 +31,8 @@ class Topology(StrEnum):
     COLOCATED = "colocated"  # one TP=1 engine on one GPU
     TP2 = "tp2"  # one TP=2 engine over both GPUs
     DP2 = "dp2"  # two TP=1 replicas behind the router
+    P1D2 = "1p2d"  # xPyD: 1 prefill + 2 decode engines on three GPUs
+    P2D1 = "2p1d"  # xPyD: 2 prefill + 1 decode engines on three GPUs
 
 
 class Engine(BaseModel):
@@ -59,6 +61,14 @@ class Deployment(BaseModel):
         """Compose profile name, e.g. vllm-disagg, emu-sglang-dp2, cpu-vllm-colocated."""
         base = f"{self.framework}-{self.topology.value}"
         return base if self.backend is Backend.GPU else f"{self.backend.value}-{base}"
+
+    @property
+    def disaggregated(self) -> bool:
+        """Prefill and decode run on different engines (KV moves between them)."""
+        return any(e.role in (Role.PREFILL, Role.DECODE) for e in self.engines)
+
+    def engines_with(self, role: Role) -> list[Engine]:
+        return [e for e in self.engines if e.role is role]
 
     @property
     def emulated(self) -> bool:

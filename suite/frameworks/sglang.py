@@ -7,9 +7,14 @@ bootstrap_host/port/room. Metrics need --enable-metrics; KV-transfer metrics are
 
 from __future__ import annotations
 
-from suite.frameworks.base import Backend, Deployment, Engine, Framework, MetricMap, Role, Topology, register, url
+from suite.frameworks.base import Backend, Deployment, Engine, Framework, MetricMap, Role, register, url
 
-NCCL_PORT = ("SGLANG_NCCL_PORT_A", "SGLANG_NCCL_PORT_B")
+NCCL_PORT = ("SGLANG_NCCL_PORT_A", "SGLANG_NCCL_PORT_B", "SGLANG_NCCL_PORT_C")  # by engine index
+
+
+def bootstrap_port(eng: Engine) -> str:
+    """Each prefill engine runs its own bootstrap server; decode engines are given the first one's port."""
+    return "SGLANG_BOOTSTRAP_PORT_THIRD" if eng.role is Role.PREFILL and eng.index == 2 else "SGLANG_BOOTSTRAP_PORT"
 MS, MB, GB = 1e-3, 1e6, 1e9
 
 # Emulator metric tables (below): tokenizer-side families carry _TL, scheduler-side ones _SL (SGLang 0.5.23).
@@ -66,7 +71,7 @@ class SGLang(Framework):
             args += ["--base-gpu-id", eng.cuda_devices,
                      "--disaggregation-mode", eng.role.value,
                      "--disaggregation-transfer-backend", "${SGLANG_TRANSFER_BACKEND}",
-                     "--disaggregation-bootstrap-port", "${SGLANG_BOOTSTRAP_PORT}"]
+                     "--disaggregation-bootstrap-port", f"${{{bootstrap_port(eng)}}}"]
         return [*args, "${SGLANG_EXTRA_ARGS}"]
 
     def parser_argv(self, argv: list[str], local_model: str) -> list[str]:
@@ -81,24 +86,25 @@ class SGLang(Framework):
         return env
 
     def router_args(self, dep: Deployment) -> list[str]:
-        a, b = (url(e.port_var) for e in dep.engines)
-        if dep.topology is Topology.DISAGG:
-            workers = ["--pd-disaggregation", "--prefill", a, "${SGLANG_BOOTSTRAP_PORT}", "--decode", b,
-                       "--prefill-policy", "round_robin", "--decode-policy", "round_robin"]
+        if dep.disaggregated:
+            workers = ["--pd-disaggregation"]
+            for e in dep.engines_with(Role.PREFILL):
+                workers += ["--prefill", url(e.port_var), f"${{{bootstrap_port(e)}}}"]
+            for e in dep.engines_with(Role.DECODE):
+                workers += ["--decode", url(e.port_var)]
+            workers += ["--prefill-policy", "round_robin", "--decode-policy", "round_robin"]
         else:
-            workers = ["--worker-urls", a, b, "--policy", "round_robin"]
+            workers = ["--worker-urls", *(url(e.port_var) for e in dep.engines), "--policy", "round_robin"]
         # Retries off (default 5), as for vllm-router: a retried request would hide a failure and skew latency.
         return ["python3", "-m", "sglang_router.launch_router", *workers, "--disable-retries",
                 "--host", "${BIND_ADDRESS}", "--port", "${ENDPOINT_PORT}",
                 "--prometheus-host", "${BIND_ADDRESS}", "--prometheus-port", "${ROUTER_METRICS_PORT}"]
 
     def emulator_args(self, dep: Deployment, eng: Engine) -> list[str]:
-        if eng.role is Role.PREFILL:
-            return ["--bootstrap-port", "${SGLANG_BOOTSTRAP_PORT}"]
-        return []
+        return ["--bootstrap-port", f"${{{bootstrap_port(eng)}}}"] if eng.role is Role.PREFILL else []
 
     def extra_ports(self, dep: Deployment, eng: Engine) -> list[str]:
-        ports = ["SGLANG_BOOTSTRAP_PORT"] if eng.role is Role.PREFILL else []
+        ports = [bootstrap_port(eng)] if eng.role is Role.PREFILL else []
         return ports + ([NCCL_PORT[eng.index]] if dep.backend is Backend.GPU else [])
 
     # ---- metrics: SGLang reports KV transfer in ms, MB and GB/s --------------------------------------

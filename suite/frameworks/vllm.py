@@ -11,7 +11,7 @@ import json
 from suite.frameworks.base import Backend, Deployment, Engine, Framework, MetricMap, Role, Topology, register, url
 
 KV_ROLE = {Role.PREFILL: "kv_producer", Role.DECODE: "kv_consumer"}
-NIXL_PORT = {Role.PREFILL: "VLLM_NIXL_PORT_PREFILL", Role.DECODE: "VLLM_NIXL_PORT_DECODE"}
+NIXL_PORT = ("VLLM_NIXL_PORT_PREFILL", "VLLM_NIXL_PORT_DECODE", "VLLM_NIXL_PORT_THIRD")  # by engine index
 CPU_MODEL_DIR = "/models/tiny-llama"  # built by `pdsuite tiny-model` inside images/vllm-cpu
 CPU_KV_DIR = "/kv"  # ExampleConnector's shared storage (a volume both CPU engines mount)
 CPU_MAX_MODEL_LEN = 1024  # the tiny CPU model's context
@@ -107,24 +107,25 @@ class VLLM(Framework):
             return env | {"VLLM_TARGET_DEVICE": "cpu", "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1",
                           "VLLM_CPU_OMP_THREADS_BIND": str(eng.index)}
         env |= {"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": eng.cuda_devices}
-        if eng.role in NIXL_PORT:
+        if eng.role in KV_ROLE:
             env |= {"VLLM_NIXL_SIDE_CHANNEL_HOST": "${BIND_ADDRESS}",
-                    "VLLM_NIXL_SIDE_CHANNEL_PORT": f"${{{NIXL_PORT[eng.role]}}}",
+                    "VLLM_NIXL_SIDE_CHANNEL_PORT": f"${{{NIXL_PORT[eng.index]}}}",
                     "UCX_TLS": "all", "UCX_NET_DEVICES": "all"}
         return env
 
     def router_args(self, dep: Deployment) -> list[str]:
-        a, b = (url(e.port_var) for e in dep.engines)
-        if dep.topology is Topology.DISAGG:
-            workers = ["--vllm-pd-disaggregation", "--prefill", a, "--decode", b]
+        if dep.disaggregated:
+            workers = ["--vllm-pd-disaggregation"]
+            workers += [a for e in dep.engines_with(Role.PREFILL) for a in ("--prefill", url(e.port_var))]
+            workers += [a for e in dep.engines_with(Role.DECODE) for a in ("--decode", url(e.port_var))]
         else:
-            workers = ["--worker-urls", a, b]
+            workers = ["--worker-urls", *(url(e.port_var) for e in dep.engines)]
         return ["vllm-router", *workers, "--policy", "round_robin", "--disable-retries",
                 "--host", "${BIND_ADDRESS}", "--port", "${ENDPOINT_PORT}",
                 "--prometheus-host", "${BIND_ADDRESS}", "--prometheus-port", "${ROUTER_METRICS_PORT}"]
 
     def setup_services(self, dep: Deployment) -> dict[str, dict]:
-        if dep.backend is not Backend.GPU or dep.topology is not Topology.DISAGG:
+        if dep.backend is not Backend.GPU or not dep.disaggregated:
             return {}
         check = ("import importlib.metadata as m, sys; v = m.version('nixl'); "
                  f"ok = tuple(map(int, v.split('.')[:3])) >= {tuple(map(int, NIXL_MIN_VERSION.split('.')))}; "
@@ -132,13 +133,13 @@ class VLLM(Framework):
         return {"nixl-check": {"entrypoint": ["python3", "-c", check]}}
 
     def emulator_args(self, dep: Deployment, eng: Engine) -> list[str]:
-        return ["--kv-port", f"${{{NIXL_PORT[eng.role]}}}"] if eng.role in NIXL_PORT else []
+        return ["--kv-port", f"${{{NIXL_PORT[eng.index]}}}"] if eng.role in KV_ROLE else []
 
     def max_model_len(self, dep: Deployment, settings) -> int:
         return CPU_MAX_MODEL_LEN if dep.backend is Backend.CPU else settings.MAX_MODEL_LEN
 
     def extra_ports(self, dep: Deployment, eng: Engine) -> list[str]:
-        return [NIXL_PORT[eng.role]] if eng.role in NIXL_PORT and dep.backend is not Backend.CPU else []
+        return [NIXL_PORT[eng.index]] if eng.role in KV_ROLE and dep.backend is not Backend.CPU else []
 
     # ---- metrics (engine /metrics; counters carry _total) -----------------------------------------
     engine_metrics = {

@@ -92,7 +92,7 @@ def find_plan(ref: str | Path) -> Path:
 def load_plan(ref: str | Path, settings: Settings, backend: str | None = None,
               gpus_present: int | None = None) -> Plan:
     """Parse and validate a plan against the catalog, the settings and (for GPU runs) the host's GPU count."""
-    from suite.deploy.catalog import deployments
+    from suite.deploy.catalog import deployments, gpu_order_problem
 
     path = find_plan(ref)
     try:
@@ -111,6 +111,9 @@ def load_plan(ref: str | Path, settings: Settings, backend: str | None = None,
     for name in plan.resolved_deployments(backend):
         if name not in catalog:
             raise PlanError(f"{path}: unknown deployment {name!r} (see `pdsuite deployments`)")
+        problem = gpu_order_problem(catalog[name], settings)
+        if problem:
+            raise PlanError(f"{path}: {problem} (set the GPU indices in .env)")
         need = catalog[name].gpus_needed
         if gpus_present is not None and need > gpus_present:
             raise PlanError(f"{path}: {name} needs {need} GPUs, this host has {gpus_present}")

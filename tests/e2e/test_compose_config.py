@@ -24,8 +24,10 @@ GPU_IDS = {  # host GPU ids each engine reserves, with PREFILL_GPU=2 DECODE_GPU=
     Topology.TP2: {"engine": ["2", "3"]},
     Topology.COLOCATED: {"engine": ["2"]},
     Topology.DP2: {"replica0": ["2"], "replica1": ["3"]},
+    Topology.P1D2: {"prefill": ["2", "3", "4"], "decode0": ["2", "3", "4"], "decode1": ["2", "3", "4"]},  # THIRD_GPU=4
+    Topology.P2D1: {"prefill0": ["2", "3", "4"], "decode": ["2", "3", "4"], "prefill1": ["2", "3", "4"]},
 }
-ENV = {"PREFILL_GPU": "2", "DECODE_GPU": "3", "ENDPOINT_PORT": "9000", "ENGINE_A_PORT": "9100",
+ENV = {"PREFILL_GPU": "2", "DECODE_GPU": "3", "THIRD_GPU": "4", "ENDPOINT_PORT": "9000", "ENGINE_A_PORT": "9100",
        "ENGINE_B_PORT": "9200", "BIND_ADDRESS": "127.0.0.2"}
 
 

@@ -18,6 +18,7 @@ from suite.cpu.parsecheck import REQUIRE_ENV, engine_lines, parse_lines, venv_re
 from suite.cpu.tinymodel import build
 from suite.deploy.catalog import deployments
 from suite.frameworks.base import get
+from suite.frameworks.sglang import bootstrap_port
 
 pytestmark = pytest.mark.integration
 SETTINGS = Settings()
@@ -152,16 +153,20 @@ def test_sglang_line_valid(sglang_report, line_id):
     if eng.role.value in ("prefill", "decode"):
         assert p["disaggregation_mode"] == eng.role.value
         assert p["transfer_backend"] == SETTINGS.SGLANG_TRANSFER_BACKEND
-        assert p["bootstrap_port"] == SETTINGS.SGLANG_BOOTSTRAP_PORT
+        assert p["bootstrap_port"] == getattr(SETTINGS, bootstrap_port(eng))  # its own on a second prefill
         assert p["base_gpu_id"] == int(eng.cuda_devices)  # both GPUs visible; ours by ordinal
     else:
         assert p["disaggregation_mode"] == "null"
 
 
 @pytest.mark.sglang_parser
-def test_sglang_pd_pair_uses_distinct_nccl_ports(sglang_report):
-    ports = {sglang_report.results[f"sglang-disagg/{n}"]["parsed"]["nccl_port"] for n in ("prefill", "decode")}
-    assert len(ports) == 2
+@pytest.mark.parametrize("name", ["sglang-disagg", "sglang-1p2d", "sglang-2p1d"])
+def test_sglang_pd_engines_use_distinct_ports(sglang_report, name):
+    engines = [e.name for e in deployments()[name].engines]
+    parsed = [sglang_report.results[f"{name}/{n}"]["parsed"] for n in engines]
+    assert len({p["nccl_port"] for p in parsed}) == len(engines)
+    prefill_boot = [p["bootstrap_port"] for p in parsed if p["disaggregation_mode"] == "prefill"]
+    assert len(set(prefill_boot)) == len(prefill_boot)  # each prefill runs its own bootstrap server
 
 
 @pytest.mark.sglang_parser

@@ -106,16 +106,16 @@ def _kv_ports(svc: dict) -> set[str]:
 
 
 @pytest.mark.parametrize("name", [n for n, d in deployments().items()
-                                  if d.framework == "vllm" and d.topology is Topology.DISAGG
-                                  and d.backend is not Backend.CPU])
+                                  if d.framework == "vllm" and d.disaggregated and d.backend is not Backend.CPU])
 def test_nixl_side_channel_ports_distinct(services, name):
     dep = deployments()[name]
-    p, d = (services[dep.service(e.name)] for e in dep.engines)
-    pp, dp = _kv_ports(p), _kv_ports(d)
-    assert pp and dp, "prefill and decode must each set a NIXL side-channel port"
-    assert pp.isdisjoint(dp)
+    ports = [_kv_ports(services[dep.service(e.name)]) for e in dep.engines]
+    assert all(ports), "every P/D engine must set its own NIXL side-channel port"
+    assert len(set().union(*ports)) == sum(len(p) for p in ports), ports  # pairwise disjoint
     if dep.backend is Backend.GPU:  # the side channel listens on the configured address too
-        assert p["environment"]["VLLM_NIXL_SIDE_CHANNEL_HOST"] == "${BIND_ADDRESS:-127.0.0.1}"
+        for e in dep.engines:
+            env = services[dep.service(e.name)]["environment"]
+            assert env["VLLM_NIXL_SIDE_CHANNEL_HOST"] == "${BIND_ADDRESS:-127.0.0.1}"
 
 
 # Which host GPUs each engine of a topology must reserve (P = PREFILL_GPU, D = DECODE_GPU).
@@ -124,6 +124,9 @@ EXPECTED_GPUS = {
     Topology.TP2: {"engine": ["0", "1"]},
     Topology.COLOCATED: {"engine": ["0"]},
     Topology.DP2: {"replica0": ["0"], "replica1": ["1"]},
+    # xPyD: all three GPUs visible to every engine
+    Topology.P1D2: {"prefill": ["0", "1", "2"], "decode0": ["0", "1", "2"], "decode1": ["0", "1", "2"]},
+    Topology.P2D1: {"prefill0": ["0", "1", "2"], "decode": ["0", "1", "2"], "prefill1": ["0", "1", "2"]},
 }
 
 
@@ -144,22 +147,22 @@ def test_gpu_reservations_per_engine(services, name):
         svc = services[dep.service(eng.name)]
         assert _device_ids(svc) == expected[eng.name], eng.name
         # settings move the pins: P=2, D=5 reserves exactly those
-        moved = _device_ids(svc, {"PREFILL_GPU": "2", "DECODE_GPU": "5"})
-        assert moved == [{"0": "2", "1": "5"}[g] for g in expected[eng.name]]
+        moved = _device_ids(svc, {"PREFILL_GPU": "2", "DECODE_GPU": "5", "THIRD_GPU": "7"})
+        assert moved == [{"0": "2", "1": "5", "2": "7"}[g] for g in expected[eng.name]]
         assert svc["ipc"] == "host" and svc["pid"] == "host"  # CUDA IPC across containers (engines.md)
     if dep.router:
         assert _device_ids(services[dep.service("router")]) is None
 
 
 @pytest.mark.parametrize("name", [n for n, d in deployments().items()
-                                  if d.backend is Backend.GPU and d.topology is Topology.DISAGG])
+                                  if d.backend is Backend.GPU and d.disaggregated])
 def test_disagg_engines_pick_different_gpus(services, name):
     dep = deployments()[name]
     picks = []
     for eng in dep.engines:
         svc = services[dep.service(eng.name)]
         picks.append((svc["environment"].get("CUDA_VISIBLE_DEVICES"), opt(argv(svc), "--base-gpu-id")))
-    assert picks[0] != picks[1], picks
+    assert len(set(picks)) == len(picks), picks
 
 
 def test_healthchecks_and_router_gating(services):

@@ -87,3 +87,11 @@ def test_nixl_check_runs_in_pulled_image():
     probe = FakeProbe(healthy(**{"docker image inspect": (0, "[]"), "docker run": (1, "nixl 1.2.0 too old")}))
     fails = failures(diagnose("vllm-disagg", Settings(HF_TOKEN="x"), probe))
     assert [c.name for c in fails] == ["nixl-check"] and "too old" in fails[0].detail
+
+
+def test_three_gpu_deployment_checks_order_and_presence():
+    fails = failures(diagnose("vllm-1p2d", Settings(HF_TOKEN="x", THIRD_GPU=0), FakeProbe(healthy())))
+    assert fails[0].name == "gpu-order" and "PREFILL_GPU < DECODE_GPU < THIRD_GPU" in fails[0].detail
+    checks = diagnose("sglang-2p1d", Settings(HF_TOKEN="x"), FakeProbe(healthy()))
+    assert [c.name for c in failures(checks)] == ["gpu2-memory"]  # GPU 2 of the fake host is busy
+    assert any(c.name == "gpus" and c.detail.count("H100") == 3 for c in checks)

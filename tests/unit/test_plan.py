@@ -75,3 +75,11 @@ def test_points_merge_over_workload():
     assert base["arrival"]["rate_rps"] == 2  # not mutated
     assert point_label({"arrival": {"rate_rps": 5}}) == "arrival.rate_rps=5"
     assert point_label({"label": "x", "seed": 2}) == "x"
+
+
+def test_xpyd_needs_three_ascending_gpus():
+    with pytest.raises(PlanError, match="needs 3 GPUs, this host has 2"):
+        load_plan("xpyd", Settings(), gpus_present=2)
+    with pytest.raises(PlanError, match="THIRD_GPU"):
+        load_plan("xpyd", Settings(PREFILL_GPU=1, DECODE_GPU=2, THIRD_GPU=0))
+    assert load_plan("xpyd", Settings(PREFILL_GPU=1, DECODE_GPU=2, THIRD_GPU=0), "emu")  # no GPUs: no pins
