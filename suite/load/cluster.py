@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import atexit
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -41,10 +42,12 @@ class LoadCluster:
     _parked: ClassVar[dict[int, LoadCluster]] = {}  # keep=True clusters between `with` blocks, by worker count
 
     def __init__(self, endpoint: str, model: str, workers: int = 2, log_dir: Path | None = None,
-                 keep: bool = False) -> None:
+                 keep: bool = False, master_cpus: set[int] | None = None, worker_cpus: set[int] | None = None) -> None:
         """keep=True: on leaving `with`, park the live processes for the next keep=True cluster of the same size
-        (a plan's next deployment) instead of stopping them; parked ones stop at interpreter exit."""
+        (a plan's next deployment) instead of stopping them; parked ones stop at interpreter exit.
+        master_cpus / worker_cpus: CPU affinity (e.g. keep the master's record handling off the workers' cores)."""
         self.endpoint, self.model, self.workers, self.keep = endpoint, model, workers, keep
+        self.master_cpus, self.worker_cpus = master_cpus, worker_cpus
         self._tmp = None if log_dir else tempfile.TemporaryDirectory(prefix="pdsuite-locust-")
         self.log_path = Path(log_dir or self._tmp.name) / "locust-cluster.log"
         self.procs: list[subprocess.Popen] = []
@@ -101,9 +104,10 @@ class LoadCluster:
         worker = [*base, "--worker", "--master-host", "127.0.0.1", "--master-port", str(port)]
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
-            kw = {"stdout": log, "stderr": subprocess.STDOUT, "preexec_fn": _die_with_parent}
-            self.procs = [subprocess.Popen(master, **kw)]
-            self.procs += [subprocess.Popen(worker, **kw) for _ in range(self.workers)]
+            kw = {"stdout": log, "stderr": subprocess.STDOUT}
+            self.procs = [subprocess.Popen(master, preexec_fn=_child(self.master_cpus), **kw)]
+            self.procs += [subprocess.Popen(worker, preexec_fn=_child(self.worker_cpus), **kw)
+                           for _ in range(self.workers)]
         self.web = f"http://127.0.0.1:{web}"
         self.starts += 1
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -236,14 +240,19 @@ class LoadCluster:
         return ("locust: " + lines[-1][:200]) if lines else "no output"
 
 
-def _die_with_parent() -> None:
-    """Linux: the kernel sends SIGTERM to a cluster process when the runner dies, even by SIGKILL."""
-    try:
-        import ctypes
+def _child(cpus: set[int] | None):
+    def setup() -> None:
+        """Linux: the kernel sends SIGTERM to a cluster process when the runner dies, even by SIGKILL."""
+        try:
+            import ctypes
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+        if cpus:
+            os.sched_setaffinity(0, cpus)
+
+    return setup
 
 
 atexit.register(LoadCluster.close_parked)

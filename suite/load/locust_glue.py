@@ -41,7 +41,7 @@ class _Worker:
         self.env = None
         self.greenlets = Group()
         self.inflight = Group()
-        self.pending: list[dict] = []
+        self.pending: list[RequestRecord] = []
         self.emulated = False
         self.sent = 0
         self.epoch = 0
@@ -99,27 +99,26 @@ class _Worker:
             gevent.sleep(0)
 
     def _one(self, p: Planned, body: bytes) -> None:
-        rec = RequestRecord(request_id=f"{self.spec.seed}-{p.index}", request_class=p.request_class,
-                            api=self.spec.api, worker=self.name, input_tokens=p.input_tokens,
-                            max_tokens=p.max_tokens, scheduled_s=p.scheduled_s if p.scheduled_s is not None else 0.0)
+        """Hot path: send, follow the stream, keep the record. Dumping records and stats events wait for the
+        flusher (batched once a second), so they never run while other streams are waiting to be read."""
+        scheduled = p.scheduled_s if p.scheduled_s is not None else 0.0
         try:
-            out = stream_request(self.ep, self.spec.api, body, request_id=rec.request_id,
+            out = stream_request(self.ep, self.spec.api, body, request_id=f"{self.spec.seed}-{p.index}",
                                  request_class=p.request_class, input_tokens=p.input_tokens, max_tokens=p.max_tokens,
-                                 scheduled_s=rec.scheduled_s, t0_ns=self.t0_ns,
+                                 scheduled_s=scheduled, t0_ns=self.t0_ns,
                                  timeout_s=self.spec.request_timeout_s, worker=self.name)
-            rec = out.record
-            if out.emulated and not self.emulated:
-                self.emulated = True
-                log.warning("EMULATED: the endpoint says x-pdsuite-emulated: true; numbers are not a real engine's")
-                events.request.fire(request_type="EMULATED", name="endpoint sent x-pdsuite-emulated: true",
-                                    response_time=0, response_length=0, exception=None, context={})
         except gevent.GreenletExit:
-            rec.status, rec.error = Status.CANCELLED, "run stopped while in flight"
-            rec.done_s = self.now_s()
-            self.pending.append(rec.model_dump(mode="json"))
+            self.pending.append(RequestRecord(
+                request_id=f"{self.spec.seed}-{p.index}", request_class=p.request_class, api=self.spec.api,
+                worker=self.name, input_tokens=p.input_tokens, max_tokens=p.max_tokens, scheduled_s=scheduled,
+                status=Status.CANCELLED, error="run stopped while in flight", done_s=self.now_s()))
             raise
-        self.pending.append(rec.model_dump(mode="json"))
-        self._fire(rec)
+        self.pending.append(out.record)
+        if out.emulated and not self.emulated:
+            self.emulated = True
+            log.warning("EMULATED: the endpoint says x-pdsuite-emulated: true; numbers are not a real engine's")
+            events.request.fire(request_type="EMULATED", name="endpoint sent x-pdsuite-emulated: true",
+                                response_time=0, response_length=0, exception=None, context={})
 
     def _fire(self, r: RequestRecord) -> None:
         fire = events.request.fire
@@ -209,7 +208,10 @@ class _Worker:
 
     def _flush(self) -> None:
         if self.pending:
-            batch, self.pending = self.pending, []
+            records, self.pending = self.pending, []
+            for r in records:
+                self._fire(r)
+            batch = [r.model_dump(mode="json") for r in records]
             self._send("pd_records", {"run": self.run, "records": batch, "emulated": self.emulated})
 
     def _send(self, kind: str, data) -> None:
