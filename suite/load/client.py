@@ -170,8 +170,10 @@ def stream_request(ep: Endpoint, api: str, body: bytes, *, request_id: str, requ
                    ("Content-Length", str(len(body))), ("Accept", "text/event-stream"), ("X-Request-Id", request_id)]
         wire = conn.send(h11.Request(method="POST", target=target, headers=headers)) + conn.send(h11.Data(body))
         wire += conn.send(h11.EndOfMessage())
-        sock.sendall(wire)
+        # Stamp before the write: the response's kernel rx stamp can precede a stamp taken after sendall returns
+        # (the process may be descheduled in between), which would shrink TTFT; this way it errs by microseconds.
         rec.sent_s = (time.monotonic_ns() - t0_ns) * sec
+        sock.sendall(wire)
         st = _Stream(sock, conn, deadline_ns)
         resp = st.event()
         if not isinstance(resp, h11.Response):
