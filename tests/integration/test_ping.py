@@ -1,5 +1,7 @@
 import json
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -9,7 +11,9 @@ pytestmark = pytest.mark.integration
 
 
 def ping(url: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["pdsuite", "ping", "--url", url, "--model", "m", *args], capture_output=True, text=True,
+    # The installed console script, next to this interpreter (PATH need not include the venv).
+    pdsuite = str(Path(sys.executable).with_name("pdsuite"))
+    return subprocess.run([pdsuite, "ping", "--url", url, "--model", "m", *args], capture_output=True, text=True,
                           timeout=60)
 
 
