@@ -103,5 +103,5 @@ logs:  ## follow logs of every running service
 doctor: venv  ## check Docker, GPUs, NVLink, ports, model access (PROFILE=vllm-disagg)
 	$(PDSUITE) doctor $(if $(PROFILE),--profile $(PROFILE))
 
-locust:  ## Locust master + workers (web UI on 127.0.0.1:8089) against the endpoint of the running deployment
-	$(COMPOSE) --profile locust up -d --wait
+locust:  ## Locust UI on 127.0.0.1:8089 against the running deployment: make locust DEPLOYMENT=sglang-disagg
+	$(if $(DEPLOYMENT),LOCUST_DEPLOYMENT=$(DEPLOYMENT)) $(COMPOSE) --profile locust up -d --wait

@@ -60,6 +60,9 @@ class Settings(BaseModel):
     ROUTER_METRICS_PORT: int = _port(29000, "Prometheus port of the router.")
     LOCUST_WEB_PORT: int = _port(8089, "Locust web UI.")
     LOCUST_WORKERS: int = Field(2, ge=1, le=64, description="Locust worker processes started by `make locust`.")
+    LOCUST_DEPLOYMENT: str = Field(
+        "vllm-disagg", pattern=r"^[a-z0-9-]+$",
+        description="Deployment the Locust UI drives (`make locust DEPLOYMENT=...`): picks prompt form and tokenizer.")
     # --- images ------------------------------------------------------------------------------------
     VLLM_IMAGE: str = Field("vllm/vllm-openai:v0.33.0", description="vLLM engine image.")
     SGLANG_IMAGE: str = Field("lmsysorg/sglang:v0.5.23", description="SGLang engine image.")

@@ -95,14 +95,19 @@ def deployment_services(dep: Deployment) -> dict[str, dict]:
 def locust_services() -> dict[str, dict]:
     host = "http://${BIND_ADDRESS}:${ENDPOINT_PORT}"
     common = {"image": "${SUITE_IMAGE}", "profiles": ["locust"], "network_mode": "host", "init": True,
-              "environment": {"PDSUITE_MODEL": "${MODEL}", "PYTHONUNBUFFERED": "1"},
-              "volumes": ["./results:/app/results"], "labels": {"pdsuite.role": "load"}}
+              # the served model's tokenizer (exact prompt lengths) is read from the shared cache, read-only
+              "environment": {"PDSUITE_MODEL": "${MODEL}", "MODEL": "${MODEL}", "MODEL_CACHE_DIR": HF_CACHE,
+                              "PYTHONUNBUFFERED": "1"},
+              "volumes": ["./results:/app/results", f"${{MODEL_CACHE_DIR}}:{HF_CACHE}:ro"],
+              "labels": {"pdsuite.role": "load"}}
     # The master listens for workers on the configured address too (its default is every interface).
     master = common | {"command": command(["locust", "-f", LOCUSTFILE, "--master", "--host", host,
                                            "--master-bind-host", "${BIND_ADDRESS}",
+                                           "--pd-deployment", "${LOCUST_DEPLOYMENT}",
                                            "--web-host", "${BIND_ADDRESS}", "--web-port", "${LOCUST_WEB_PORT}",
                                            "--expect-workers", "${LOCUST_WORKERS}"])}
-    worker = common | {"command": command(["locust", "-f", LOCUSTFILE, "--worker",
+    worker = common | {"command": command(["locust", "-f", LOCUSTFILE, "--worker", "--pd-deployment",
+                                           "${LOCUST_DEPLOYMENT}",
                                            "--master-host", "${BIND_ADDRESS}"]),
                        "depends_on": ["locust-master"], "deploy": {"replicas": "${LOCUST_WORKERS}"}}
     return {"locust-master": master, "locust-worker": worker}
