@@ -40,14 +40,14 @@ test-unit: venv  ## fast unit tests (< 2 min, no Docker, no engines)
 	$(BIN)/pytest -q -m "not integration and not docker"
 
 # pytest exit 5 = nothing collected: fatal for `make test` (CI must prove something), a note for one marker.
-PYTEST_SOME = rc=0; $(BIN)/pytest -q --durations=10 $(1) || rc=$$?; \
+PYTEST_SOME = rc=0; PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/pytest -q --durations=10 $(1) || rc=$$?; \
 	if [ $$rc = 5 ]; then echo "pytest: no tests selected by: $(1)"; rc=0; fi; exit $$rc
 
 test-integration: venv  ## tests that start processes (emulator, real routers, vLLM on CPU)
 	@$(call PYTEST_SOME,-m integration)
 
 test-docker: venv  ## Docker e2e: compose config per profile, emulated stacks behind the real routers, report
-	PDSUITE_REQUIRE_DOCKER=1 $(BIN)/pytest -q --durations=10 -m docker
+	PATH=$(CURDIR)/$(BIN):$$PATH PDSUITE_REQUIRE_DOCKER=1 $(BIN)/pytest -q --durations=10 -m docker
 
 setup: venv  ## install everything the tests need: routers, engine venvs, Docker engine + Compose, images
 	$(BIN)/pip install -q -e '.[dev,routers]'
@@ -58,8 +58,9 @@ setup: venv  ## install everything the tests need: routers, engine venvs, Docker
 images:  ## build the suite and router images (and vllm-cpu) from BASE_IMAGE; skipped when inputs are unchanged
 	BASE_IMAGE=$(BASE_IMAGE) bash scripts/build-images.sh
 
+# Tests call `pdsuite`, `vllm-router`, `locust` by name: the venv's bin goes first on PATH.
 test: setup  ## every test (unit, integration, Docker e2e), after installing what they need; what CI runs
-	PDSUITE_REQUIRE_DOCKER=1 $(BIN)/pytest -q --durations=15
+	PATH=$(CURDIR)/$(BIN):$$PATH PDSUITE_REQUIRE_DOCKER=1 $(BIN)/pytest -q --durations=15
 
 # ---- main job ------------------------------------------------------------------------------------
 demo: venv  ## the full comparison on CPU backends (emulated engines, real routers, Locust) -> reports/demo/
