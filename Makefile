@@ -50,7 +50,7 @@ test-docker: venv  ## Docker e2e: compose config per profile, emulated stacks be
 	PATH=$(CURDIR)/$(BIN):$$PATH PDSUITE_REQUIRE_DOCKER=1 $(BIN)/pytest -q --durations=10 -m docker
 
 setup: venv  ## install everything the tests need: routers, engine venvs, Docker engine + Compose, images
-	$(BIN)/pip install -q -e '.[dev,routers]'
+	$(BIN)/pip install -q -e '.[dev,routers,probe]'
 	if [ -f scripts/setup-engine-venvs.sh ]; then bash scripts/setup-engine-venvs.sh; fi
 	bash scripts/setup-docker.sh
 	$(MAKE) --no-print-directory images

@@ -239,7 +239,7 @@ class VLLM(Framework):
         return {"engine": "0", "model_name": model}
 
     router_metrics = {
-        "router_requests": MetricMap("vllm_router_requests"),
+        "router_requests": MetricMap("vllm_router_processed_requests"),  # 0.1.17: no vllm_router_requests_total
         "router_pd_requests": MetricMap("vllm_router_pd_requests"),
         "router_pd_decode_pending_s": MetricMap("vllm_router_pd_decode_pending_seconds"),
     }

@@ -222,6 +222,9 @@ def _run_point(plan: Plan, settings: Settings, driver: Driver, name: str, label:
         result.native["load_summary"] = _as_dict(summary) | {"records": "requests.parquet"}  # relative: dir moves
         if getattr(summary, "failure", None):
             raise RuntimeError(summary.failure)
+        if summary.sent and not summary.ok:  # records are kept; a point where nothing succeeded is no result
+            raise RuntimeError(f"all {summary.sent} requests failed ({summary.errors} errors, "
+                               f"{summary.timeouts} timeouts): see requests.parquet")
         t = time.monotonic()
         snapshot(urls, tmp / "metrics" / "after")
         state.timings.scrape_s += time.monotonic() - t

@@ -9,7 +9,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from suite.emulator.metrics import EmuMetrics
 from suite.frameworks.base import Role, get
 
-FIX = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures"
+FIX = Path(__file__).resolve().parents[1] / "fixtures"
 FIXTURES = {"vllm": ["vllm-0.32-cpu-metrics.txt", "vllm-0.32-cpu-metrics-pd-decode-example-connector.txt"],
             "sglang": ["sglang-0.5.23-metrics.txt", "sglang-0.5.23-metrics-prefill.txt"]}
 # Families the CPU fixtures cannot show (ExampleConnector has no NIXL): checked against vLLM's
@@ -18,7 +18,6 @@ NOT_IN_FIXTURES = {"vllm:nixl_xfer_time_seconds", "vllm:nixl_post_time_seconds",
                    "vllm:nixl_num_descriptors", "vllm:nixl_num_failed_transfers",
                    "vllm:nixl_num_failed_notifications", "pdsuite_emulated_info"}
 
-pytestmark = pytest.mark.skipif(not FIX.is_dir(), reason="needs ../shared/fixtures")
 
 
 def families(text: str) -> dict:

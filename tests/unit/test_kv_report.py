@@ -13,7 +13,7 @@ from suite.report.load import load
 from suite.report.synth import make_tree
 from suite.report.tables import build
 
-FIX = Path("/work/shared/fixtures")
+FIX = Path(__file__).resolve().parents[1] / "fixtures"
 DEPS = (("vllm", "disagg"), ("vllm", "colocated"), ("sglang", "disagg"))
 
 

@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 
 from suite.normalise import MetricsError, delta, detect_framework, hist_quantile, normalise_text, parse_families
 
-F = Path("/work/shared/fixtures")
+F = Path(__file__).resolve().parents[1] / "fixtures"
 pytestmark = pytest.mark.skipif(not F.is_dir(), reason="shared fixtures not present")
 VLLM, VLLM_P, VLLM_D = (F / "vllm-0.32-cpu-metrics.txt", F / "vllm-0.32-cpu-metrics-pd-prefill-example-connector.txt",
                         F / "vllm-0.32-cpu-metrics-pd-decode-example-connector.txt")

@@ -51,8 +51,10 @@ class FakeLoad:
         cls.calls += 1
         if cls.interrupt_on == cls.calls:
             raise KeyboardInterrupt
+        from suite.load.run import LoadSummary
+
         (Path(out_dir) / "requests.parquet").write_bytes(b"fake")
-        return {"sent": 3, "ok": 3}
+        return LoadSummary(sent=3, ok=3)
 
 
 @pytest.fixture(autouse=True)
@@ -132,3 +134,17 @@ def test_load_error_is_a_failed_point_not_a_crash(tmp_path, monkeypatch):
                      driver_kind="fake")
     got = points(state.out)
     assert all("No space left" in p["failure"] for p in got.values()) and len(got) == 2
+
+
+def test_point_where_every_request_failed_is_a_failed_point(tmp_path, monkeypatch):
+    from suite.load.run import LoadSummary
+
+    def all_errors(*a, **k):
+        return LoadSummary(sent=5, ok=0, errors=5)
+
+    monkeypatch.setitem(vars(suite.load), "run_load", all_errors)
+    state = run_plan(plan(deployments=["vllm-colocated"], repetitions=1), Settings(), tmp_path, backend="emu",
+                     driver_kind="fake")
+    got = points(state.out)
+    assert all(p["status"] == "failed" and "all 5 requests failed" in p["failure"] for p in got.values())
+    assert json.loads((state.out / "manifest.json").read_text())["status"] == "failed"

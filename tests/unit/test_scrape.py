@@ -8,7 +8,7 @@ import pytest
 
 from suite.scrape import snapshot
 
-FIXTURE = Path("/work/shared/fixtures/vllm-0.32-cpu-metrics.txt")
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "vllm-0.32-cpu-metrics.txt"
 pytestmark = pytest.mark.skipif(not FIXTURE.is_file(), reason="shared fixtures not present")
 
 
