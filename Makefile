@@ -60,7 +60,8 @@ images:  ## build the suite and router images (and vllm-cpu) from BASE_IMAGE; sk
 
 # Tests call `pdsuite`, `vllm-router`, `locust` by name: the venv's bin goes first on PATH.
 test: setup  ## every test (unit, integration, Docker e2e), after installing what they need; what CI runs
-	PATH=$(CURDIR)/$(BIN):$$PATH PDSUITE_REQUIRE_DOCKER=1 $(BIN)/pytest -q --durations=15
+	PATH=$(CURDIR)/$(BIN):$$PATH PDSUITE_REQUIRE_DOCKER=1 PDSUITE_REQUIRE_ENGINE_VENVS=1 \
+	  $(BIN)/pytest -q --durations=15
 
 # ---- main job ------------------------------------------------------------------------------------
 demo: venv  ## the full comparison on CPU backends (emulated engines, real routers, Locust) -> reports/demo/
@@ -73,9 +74,11 @@ demo: venv  ## the full comparison on CPU backends (emulated engines, real route
 bench: venv  ## run an experiment plan: make bench PLAN=exp3-compare [BACKEND=gpu|emu|cpu] [DRIVER=compose|process]
 	$(PDSUITE) run $(PLAN) $(if $(BACKEND),--backend $(BACKEND)) --driver $(DRIVER)
 
-report: venv  ## comparison report: make report RESULTS="results/<plan>/<stamp> ..." NAME=<name> -> reports/<name>/
-	@test -n "$(RESULTS)" -a -n "$(NAME)" || { echo "usage: make report RESULTS=results/<plan>/<stamp> NAME=<name>"; exit 2; }
-	$(PDSUITE) report $(RESULTS) --name $(NAME) --out reports
+# Default: the newest results folder (of PLAN if given) -> reports/<plan>/
+LATEST = $(shell ls -td results/$(if $(filter command line,$(origin PLAN)),$(PLAN),*)/*/ 2>/dev/null | head -n 1)
+report: venv  ## comparison report -> reports/<name>/ [RESULTS="results/<plan>/<stamp> ..."] [NAME=<name>]
+	@test -n "$(or $(RESULTS),$(LATEST))" || { echo "make report: no results yet (run make bench or make demo)"; exit 2; }
+	$(PDSUITE) report $(or $(RESULTS),$(LATEST)) --name $(or $(NAME),$(notdir $(patsubst %/,%,$(dir $(patsubst %/,%,$(or $(RESULTS),$(LATEST))))))) --out reports
 
 # ---- GPU stack -----------------------------------------------------------------------------------
 $(addprefix up-,$(DEPLOYMENTS)): up-%: venv  ## up-<framework>-<deployment>: start a deployment, wait healthy
