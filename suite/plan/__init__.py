@@ -58,6 +58,17 @@ class Plan(BaseModel):
         return [(point_label(p), deep_merge(self.workload, p)) for p in self.points]
 
 
+def apply_overrides(settings: Settings, overrides: dict) -> Settings:
+    """The plan's `settings:` block on top of the user's settings (a plan pins what it needs, e.g. MAX_MODEL_LEN)."""
+    if not overrides:
+        return settings
+    try:
+        return Settings(**(settings.model_dump() | overrides))
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise PlanError(f"plan settings: {'.'.join(map(str, err['loc'])) or 'settings'}: {err['msg']}") from None
+
+
 def deep_merge(base: dict, over: dict) -> dict:
     out = copy.deepcopy(base)
     for k, v in over.items():
@@ -107,6 +118,7 @@ def load_plan(ref: str | Path, settings: Settings, backend: str | None = None,
         err = e.errors()[0]
         raise PlanError(f"{path}: {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
 
+    settings = apply_overrides(settings, plan.settings)
     catalog = deployments()
     for name in plan.resolved_deployments(backend):
         if name not in catalog:

@@ -26,7 +26,7 @@ def register(app: typer.Typer) -> None:
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
         from suite.config import load_settings
-        from suite.plan import PlanError, load_plan
+        from suite.plan import PlanError, apply_overrides, load_plan
         from suite.runner.drivers import DRIVERS
         from suite.runner.run import run_plan
 
@@ -54,6 +54,7 @@ def register(app: typer.Typer) -> None:
             resume_dir = latest_run(out, p.name) if resume == "latest" else Path(resume)
             if resume_dir is None or not (resume_dir / "manifest.json").is_file():
                 fail(f"nothing to resume: {resume}")
+        settings = apply_overrides(settings, p.settings)
         if validate_only:
             typer.echo(f"plan {p.name}: {len(names)} deployments x {len(p.points)} points x {p.repetitions} reps: ok")
             return

@@ -83,3 +83,14 @@ def test_xpyd_needs_three_ascending_gpus():
     with pytest.raises(PlanError, match="THIRD_GPU"):
         load_plan("xpyd", Settings(PREFILL_GPU=1, DECODE_GPU=2, THIRD_GPU=0))
     assert load_plan("xpyd", Settings(PREFILL_GPU=1, DECODE_GPU=2, THIRD_GPU=0), "emu")  # no GPUs: no pins
+
+
+def test_plan_settings_override_and_are_validated(tmp_path):
+    from suite.plan import apply_overrides
+
+    plan = load_plan(write(tmp_path, GOOD + "settings: {MAX_MODEL_LEN: 20000}\n"), Settings(MAX_MODEL_LEN=4096))
+    assert apply_overrides(Settings(), plan.settings).MAX_MODEL_LEN == 20000
+    with pytest.raises(PlanError, match="plan settings: MAX_MODEL_LEN"):
+        load_plan(write(tmp_path, GOOD + "settings: {MAX_MODEL_LEN: 1}\n"), Settings())
+    with pytest.raises(PlanError, match="NOPE"):
+        load_plan(write(tmp_path, GOOD + "settings: {NOPE: 1}\n"), Settings())
