@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from suite.kvprofile.probe import ProbeError, ProbeOptions, render, run_probe
+from suite.kvprofile.probe import ProbeError, ProbeOptions, parse_env, render, run_probe
 from suite.kvprofile.sizing import KV_DTYPES, parse_tokens
 
 D = ProbeOptions()
@@ -39,13 +39,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path)
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--timeout", type=float, default=D.timeout_s)
+    ap.add_argument("--nccl-env", action="append", default=[], metavar="NAME=VALUE",
+                    help="NCCL_*/TORCH_NCCL_* variable for the workers (repeatable); recorded in the JSON")
+    ap.add_argument("--stream-repeats", type=int, default=D.stream_repeats,
+                    help="also K coalesced sends back to back per point (0 = off)")
+    ap.add_argument("--copy-methods", default=",".join(D.copy_methods),
+                    help="copy baselines: copy_,memcpy_peer_push,memcpy_peer_pull (the fastest is the peak)")
     a = ap.parse_args(argv)
     try:
         r = run_probe(ProbeOptions(model=a.model, kv_dtype=a.kv_dtype, tokens=a.tokens,
                                    patterns=tuple(p for p in a.patterns.split(",") if p), block_tokens=a.block_tokens,
                                    max_ops=a.max_ops, iters=a.iters, warmup=a.warmup, copy_mib=a.copy_mb,
                                    device=a.device, prefill=a.prefill, prefill_tokens=a.prefill_tokens,
-                                   nixl=not a.no_nixl, timeout_s=a.timeout))
+                                   nixl=not a.no_nixl, timeout_s=a.timeout, nccl_env=parse_env(a.nccl_env),
+                                   stream_repeats=a.stream_repeats,
+                                   copy_methods=tuple(m for m in a.copy_methods.split(",") if m)))
     except ProbeError as e:
         print(f"pdsuite: error: {e}", file=sys.stderr)
         return 2

@@ -63,9 +63,13 @@ def register(app: typer.Typer) -> None:
         out: Path | None = typer.Option(None, help="Write the JSON result here."),
         as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
         timeout: float = typer.Option(900.0, help="Give up (and stop the workers) after this many seconds."),
+        nccl_env: list[str] = typer.Option([], "--nccl-env", metavar="NAME=VALUE",
+                                           help="NCCL_*/TORCH_NCCL_* variable for the workers (repeatable)."),
+        stream_repeats: int = typer.Option(0, min=0, help="Also K coalesced sends back to back per point (0 = off)."),
+        copy_methods: str = typer.Option("copy_", help="Copy baselines: copy_,memcpy_peer_push,memcpy_peer_pull."),
     ) -> None:
         """Measure the KV-transfer link between two GPUs (or two CPU processes with gloo)."""
-        from suite.kvprofile.probe import ProbeError, ProbeOptions, render, run_probe
+        from suite.kvprofile.probe import ProbeError, ProbeOptions, parse_env, render, run_probe
         from suite.kvprofile.sizing import KV_DTYPES, parse_tokens
 
         if kv_dtype not in KV_DTYPES:
@@ -75,7 +79,9 @@ def register(app: typer.Typer) -> None:
                                 patterns=tuple(p.strip() for p in patterns.split(",") if p.strip()),
                                 block_tokens=block_tokens, max_ops=max_ops, iters=iters, warmup=warmup,
                                 copy_mib=parse_tokens(copy_mb), device=device, prefill=prefill,
-                                prefill_tokens=parse_tokens(prefill_tokens), nixl=nixl, timeout_s=timeout)
+                                prefill_tokens=parse_tokens(prefill_tokens), nixl=nixl, timeout_s=timeout,
+                                nccl_env=parse_env(nccl_env), stream_repeats=stream_repeats,
+                                copy_methods=tuple(m.strip() for m in copy_methods.split(",") if m.strip()))
             result = run_probe(opts)
         except (ProbeError, ValueError) as e:
             _fail(str(e))

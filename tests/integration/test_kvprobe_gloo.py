@@ -50,3 +50,20 @@ def test_probe_errors_are_one_line():
         assert r.stderr.strip().startswith("pdsuite: error:") and "2 visible GPUs" in r.stderr
     r = _probe("--device", "cpu", "--model", "tiny-llama", "--patterns", "zigzag", timeout=120)
     assert r.returncode == 2 and "unknown pattern 'zigzag'" in r.stderr
+
+
+def test_gloo_probe_stream_repeats_and_nccl_env(tmp_path):
+    out = tmp_path / "probe.json"
+    r = _probe("--device", "cpu", "--model", "tiny-llama", "--tokens", "128", "--patterns", "coalesced", "--iters", "2",
+               "--warmup", "0", "--copy-mb", "1", "--no-nixl", "--stream-repeats", "3",
+               "--nccl-env", "NCCL_P2P_NVL_CHUNKSIZE=131072", "--copy-methods", "copy_,memcpy_peer_pull",
+               "--out", str(out))
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads(out.read_text())
+    assert res["nccl_env"] == {"NCCL_P2P_NVL_CHUNKSIZE": "131072"}
+    [s] = res["p2p_stream"]
+    assert (s["tokens"], s["bytes"], s["ops"], s["n"]) == (128, 128 * 2048, 3, 2) and s["median_ms"] > 0
+    assert [c["method"] for c in res["copy_all"]] == ["copy_"]  # peer memcpy means nothing on CPU
+    assert "back to back" in r.stdout
+    bad = _probe("--device", "cpu", "--model", "tiny-llama", "--nccl-env", "LD_PRELOAD=x", timeout=120)
+    assert bad.returncode == 2 and bad.stderr.strip().startswith("pdsuite: error: --nccl-env")
