@@ -5,25 +5,12 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
 import urllib.request
 
-
-def free_ports(n: int) -> list[int]:
-    """n distinct free loopback ports (held open together so they differ)."""
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+from suite.netutil import free_ports  # noqa: F401  (re-exported for tests)
 
 
 def http_status(url: str, timeout: float = 2.0) -> int | None:

@@ -16,6 +16,8 @@ import time
 
 import orjson
 
+from suite.netutil import free_port
+
 HEAD = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
         b"Transfer-Encoding: chunked\r\n")
 
@@ -149,14 +151,6 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class running:  # lower case: used as `with running(ttft_ms=5) as url:`

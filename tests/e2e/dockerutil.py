@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import socket
 from pathlib import Path
 
 import pytest
+
+from suite.netutil import free_ports  # noqa: F401  (used by the e2e tests)
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -29,10 +29,3 @@ def clean_env(**overrides: str) -> dict[str, str]:
     return env | overrides
 
 
-def free_ports(n: int) -> list[int]:
-    """n distinct free loopback ports (the stacks use the host network; other work may hold the defaults)."""
-    with contextlib.ExitStack() as stack:
-        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]

@@ -28,7 +28,7 @@ GPU_IDS = {  # host GPU ids each engine reserves, with PREFILL_GPU=2 DECODE_GPU=
     Topology.P2D1: {"prefill0": ["2", "3", "4"], "decode": ["2", "3", "4"], "prefill1": ["2", "3", "4"]},
 }
 ENV = {"PREFILL_GPU": "2", "DECODE_GPU": "3", "THIRD_GPU": "4", "ENDPOINT_PORT": "9000", "ENGINE_A_PORT": "9100",
-       "ENGINE_B_PORT": "9200", "BIND_ADDRESS": "127.0.0.2"}
+       "ENGINE_B_PORT": "9200", "ENGINE_C_PORT": "9300", "BIND_ADDRESS": "127.0.0.2"}
 
 
 def config(compose, profile: str, **env: str) -> dict:
@@ -55,7 +55,7 @@ def test_gpu_profile_device_ids_and_ports(compose, profile):
         assert [d["device_ids"] for d in devices] == [GPU_IDS[dep.topology][eng.name]], eng.name
         cmd = svc["command"]
         port = cmd[cmd.index("--port") + 1]
-        assert port == {"ENDPOINT_PORT": "9000", "ENGINE_A_PORT": "9100", "ENGINE_B_PORT": "9200"}[eng.port_var]
+        assert port == ENV[eng.port_var]
         assert cmd[cmd.index("--host") + 1] == "127.0.0.2"
         assert svc["network_mode"] == "host" and svc["ipc"] == "host"
     endpoint = services[dep.endpoint_service]["command"]

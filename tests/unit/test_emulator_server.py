@@ -3,7 +3,6 @@
 
 import asyncio
 import itertools
-import socket
 
 import orjson
 import pytest
@@ -17,14 +16,9 @@ from suite.emulator.protocol import ApiError, parse_request
 from suite.emulator.server import EmulatorServer
 from suite.frameworks.base import Role, get
 from suite.modelcfg import load
+from suite.netutil import free_port
 
 COST = CostModel(load("tiny-llama"), PROFILES["cpu-tiny"])
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def make(flavor="vllm", role=Role.COLOCATED, **kw) -> EmulatorServer:
