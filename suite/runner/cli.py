@@ -74,6 +74,9 @@ def register(app: typer.Typer) -> None:
                            err=True)
                 raise typer.Exit(130) from None
         typer.echo(f"results: {state.out}")
+        if state.fatal:
+            typer.echo(f"pdsuite: error: {state.fatal}", err=True)
+            raise typer.Exit(1)
         if state.failed:
             typer.echo(f"pdsuite: {len(state.failed)} point(s) failed, e.g. {state.failed[0]} "
                        f"(see point.json there)", err=True)

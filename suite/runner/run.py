@@ -10,6 +10,7 @@ Guarantees:
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -65,6 +66,7 @@ class RunState:
     done: int = 0
     failed: list[str] = field(default_factory=list)
     timings: Timings = field(default_factory=Timings)
+    fatal: str | None = None  # why the plan stopped early (e.g. the results volume is full)
 
 
 def run_plan(plan: Plan, settings: Settings, out_root: Path, *, backend: str | None = None,
@@ -98,6 +100,13 @@ def run_plan(plan: Plan, settings: Settings, out_root: Path, *, backend: str | N
                                    lambda msg: progress and progress(msg, state.done, total))
             if stop:
                 break
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        for partial in out.rglob("*.partial"):  # the unfinished point: free its space, it re-runs on resume
+            shutil.rmtree(partial, ignore_errors=True)
+        state.fatal = (f"results volume full at {out} ({e.strerror}); finished points are kept: free space and "
+                       f"continue with --resume {out}")
     finally:
         state.timings.wall_s = time.monotonic() - t_plan
         ok = state.done - len(state.failed)
@@ -107,8 +116,11 @@ def run_plan(plan: Plan, settings: Settings, out_root: Path, *, backend: str | N
         t = state.timings.as_dict()
         if prev:  # a resumed run adds to what earlier attempts measured
             t = {k: (prev.get(k, 0) + v if k != "overhead_ratio" else v) for k, v in t.items()}
-        write_json(out / "manifest.json", data | {"status": status, "ended_at": now(), "timings": t,
-                                                  "failed_points": state.failed})
+        try:
+            write_json(out / "manifest.json", data | {"status": status, "ended_at": now(), "timings": t,
+                                                      "failed_points": state.failed, "fatal": state.fatal})
+        except OSError:  # a full volume: the previous manifest stays; state.fatal tells the caller
+            (out / "manifest.json.tmp").unlink(missing_ok=True)
     return state
 
 
@@ -281,12 +293,16 @@ def _warmup(plan: Plan, settings: Settings, driver: Driver, spec: dict, dep_dir:
 
 
 def _save_logs(driver: Driver, where: Path, only: list[str] | None = None) -> None:
-    where.mkdir(parents=True, exist_ok=True)
-    for s in driver.services:
-        if only is None or s.name in only:
-            text = driver.logs(s.name, 100_000)
-            if text:
-                (where / f"{s.name}.log").write_text(text)
+    """Best effort: logs must never be the reason a run fails (e.g. on a full volume)."""
+    try:
+        where.mkdir(parents=True, exist_ok=True)
+        for s in driver.services:
+            if only is None or s.name in only:
+                text = driver.logs(s.name, 100_000)
+                if text:
+                    (where / f"{s.name}.log").write_text(text)
+    except OSError:
+        pass
 
 
 def _as_dict(obj) -> dict:
