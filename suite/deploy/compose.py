@@ -51,7 +51,8 @@ def engine_service(fw: Framework, dep: Deployment, eng: Engine) -> dict:
                 "healthcheck": healthcheck(eng.port_var, "/health", "30s")}
         return svc
     if dep.backend is Backend.CPU:
-        svc |= {"image": "${VLLM_CPU_IMAGE}", "entrypoint": ["vllm", "serve"],
+        # vLLM's engine-core message queue needs ~160 MiB of /dev/shm; Docker's default is 64 MiB
+        svc |= {"image": "${VLLM_CPU_IMAGE}", "entrypoint": ["vllm", "serve"], "shm_size": "1g",
                 "volumes": ["cpu-kv:/kv"], "healthcheck": healthcheck(eng.port_var, fw.health_path, "240s")}
     else:
         gpu_ids = [f"${{{g}}}" for g in eng.gpu_vars]
