@@ -8,9 +8,9 @@ PDSUITE := $(BIN)/pdsuite
 COMPOSE := docker compose
 PLAN    ?= exp3-compare
 DRIVER  ?= compose
-# Images for the CPU-only paths build FROM a local debootstrapped base (no registry needed); GPU hosts may
-# set BASE_IMAGE=python:3.11-slim.
-BASE_IMAGE ?= local/debian:bookworm-py
+# Images build FROM the local debootstrapped base when it exists (CI, `make demo`: no registry needed), else
+# python:3.11-slim (scripts/build-images.sh decides when BASE_IMAGE is empty).
+BASE_IMAGE ?=
 DEPLOYMENTS := vllm-disagg vllm-colocated vllm-tp2 vllm-dp2 vllm-1p2d vllm-2p1d \
                sglang-disagg sglang-colocated sglang-tp2 sglang-dp2 sglang-1p2d sglang-2p1d
 
@@ -81,8 +81,10 @@ report: venv  ## comparison report -> reports/<name>/ [RESULTS="results/<plan>/<
 	$(PDSUITE) report $(or $(RESULTS),$(LATEST)) --name $(or $(NAME),$(notdir $(patsubst %/,%,$(dir $(patsubst %/,%,$(or $(RESULTS),$(LATEST))))))) --out reports
 
 # ---- GPU stack -----------------------------------------------------------------------------------
-$(addprefix up-,$(DEPLOYMENTS)): up-%: venv  ## up-<framework>-<deployment>: start a deployment, wait healthy
+# Any profile: up-vllm-disagg, up-sglang-tp2, up-emu-vllm-disagg, up-cpu-vllm-colocated ... (`pdsuite deployments`)
+up-%: venv  ## up-<profile>: check the host, build the suite/router images if needed, start, wait until healthy
 	$(PDSUITE) doctor --profile $*
+	BASE_IMAGE=$(BASE_IMAGE) bash scripts/build-images.sh suite router $(if $(filter cpu-%,$*),vllm-cpu)
 	$(COMPOSE) --profile $* up -d --wait
 
 KVPROBE_ARGS ?= --prefill
@@ -108,4 +110,5 @@ doctor: venv  ## check Docker, GPUs, NVLink, ports, model access (PROFILE=vllm-d
 	$(PDSUITE) doctor $(if $(PROFILE),--profile $(PROFILE))
 
 locust:  ## Locust UI on 127.0.0.1:8089 against the running deployment: make locust DEPLOYMENT=sglang-disagg
+	BASE_IMAGE=$(BASE_IMAGE) bash scripts/build-images.sh suite
 	$(if $(DEPLOYMENT),LOCUST_DEPLOYMENT=$(DEPLOYMENT)) $(COMPOSE) --profile locust up -d --wait
