@@ -88,6 +88,16 @@ class Settings(BaseModel):
     SGLANG_NCCL_PORT_A: int = _port(31000, "SGLang --nccl-port of engine A.")
     SGLANG_NCCL_PORT_B: int = _port(31100, "SGLang --nccl-port of engine B.")
     SGLANG_NCCL_PORT_C: int = _port(31200, "SGLang --nccl-port of the third engine (xPyD).")
+    # --- shared CPU KV pool (disagg-kvpool deployments) -------------------------------------------------
+    KVPOOL_PORT: int = _port(
+        8400, "Port of the shared KV pool service: vLLM's LMCache server, SGLang's Mooncake master RPC, or the "
+        "emulated pool.")
+    KVPOOL_METADATA_PORT: int = _port(8401, "Mooncake master's HTTP metadata server (SGLang disagg-kvpool).")
+    KVPOOL_METRICS_PORT: int = _port(8402, "Mooncake master's HTTP metrics port (SGLang disagg-kvpool).")
+    KVPOOL_SIZE_GB: int = Field(
+        8, ge=1, le=4096, description="Host memory for the shared KV pool, GB: each SGLang engine's Mooncake "
+        "segment; each vLLM engine's LMCache CPU buffer (the LMCache server itself has no limit); the emulated "
+        "pool's capacity.")
     # --- extra engine arguments ----------------------------------------------------------------------
     VLLM_EXTRA_ARGS: str = Field("", description="Appended to every vLLM engine command line.")
     SGLANG_EXTRA_ARGS: str = Field("", description="Appended to every SGLang engine command line.")

@@ -22,7 +22,7 @@ from pathlib import Path
 from suite.config import Settings, expand
 from suite.deploy.catalog import deployments
 from suite.deploy.compose import command
-from suite.deploy.model import Backend
+from suite.deploy.model import Backend, Role
 from suite.frameworks.base import Framework, get
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,8 +50,9 @@ def engine_lines(settings: Settings | None = None) -> list[Line]:
         if dep.backend not in ENGINE_BACKENDS:
             continue
         fw = get(dep.framework)
+        # the KV pool server (disagg-kvpool) is no engine: its line is not an engine parser's to check
         out += [Line(f"{dep.name}/{e.name}", fw.name, tuple(render(fw.engine_args(dep, e), settings)))
-                for e in dep.engines]
+                for e in dep.engines if e.role is not Role.KVPOOL]
     return out
 
 

@@ -18,11 +18,14 @@ def _pd(name: str, role: Role, index: int, gpus: tuple[str, ...]) -> Engine:
     return Engine(name=name, role=role, port_var=port, gpu_vars=gpus, cuda_devices=str(index), index=index)
 
 
+# The shared KV pool server of disagg-kvpool: a CPU service (no GPU) both engines reach at KVPOOL_PORT.
+KVPOOL = Engine(name="pool", role=Role.KVPOOL, port_var="KVPOOL_PORT", gpu_vars=(), cuda_devices="")
+DISAGG = (_pd("prefill", Role.PREFILL, 0, PAIR), _pd("decode", Role.DECODE, 1, PAIR))
 
 # Engines of each topology. Engines that exchange KV (disagg) or shard a model (tp2) see both GPUs, in PCI
 # order, and pick theirs by CUDA ordinal; so PREFILL_GPU must be the lower index (checked in Settings).
 TOPOLOGIES: dict[Topology, tuple[tuple[Engine, ...], bool]] = {
-    Topology.DISAGG: ((_pd("prefill", Role.PREFILL, 0, PAIR), _pd("decode", Role.DECODE, 1, PAIR)), True),
+    Topology.DISAGG: (DISAGG, True),
     Topology.COLOCATED: ((Engine(name="engine", role=Role.COLOCATED, port_var="ENDPOINT_PORT",
                                  gpu_vars=PAIR[:1], cuda_devices="0"),), False),
     Topology.TP2: ((Engine(name="engine", role=Role.COLOCATED, port_var="ENDPOINT_PORT", gpu_vars=PAIR,
@@ -36,6 +39,8 @@ TOPOLOGIES: dict[Topology, tuple[tuple[Engine, ...], bool]] = {
                      _pd("decode1", Role.DECODE, 2, TRIO)), True),
     Topology.P2D1: ((_pd("prefill0", Role.PREFILL, 0, TRIO), _pd("decode", Role.DECODE, 1, TRIO),
                      _pd("prefill1", Role.PREFILL, 2, TRIO)), True),
+    # P/D exactly as disagg, plus the shared CPU KV pool (framework modules: which server, which engine flags).
+    Topology.DISAGG_KVPOOL: ((*DISAGG, KVPOOL), True),
 }
 
 

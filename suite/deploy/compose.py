@@ -12,7 +12,7 @@ import yaml
 
 from suite.config import SECRET_SETTINGS, Settings
 from suite.deploy.catalog import deployments
-from suite.deploy.model import Backend, Deployment, Engine
+from suite.deploy.model import Backend, Deployment, Engine, Role
 from suite.frameworks.base import Framework, get
 
 HF_CACHE = "/root/.cache/huggingface"
@@ -40,8 +40,36 @@ def _base(dep: Deployment, role: str) -> dict:
             "stop_grace_period": "20s"}
 
 
-def engine_service(fw: Framework, dep: Deployment, eng: Engine) -> dict:
+def tcp_healthcheck(port_var: str, start_period: str) -> dict:
+    """For servers without HTTP (LMCache server, Mooncake master RPC): the port accepts a connection."""
+    probe = f"import socket; socket.create_connection(('${{BIND_ADDRESS}}', ${{{port_var}}}), timeout=8).close()"
+    return {"test": ["CMD", "python3", "-c", probe], "interval": "5s", "timeout": "10s", "retries": 5,
+            "start_period": start_period}
+
+
+def kvpool_service(fw: Framework, dep: Deployment, eng: Engine) -> dict:
+    """The shared KV pool: the framework's pool server in its engine image (GPU), or the emulated pool."""
     svc = _base(dep, eng.role.value)
+    if dep.backend is Backend.EMU:
+        args = ["pdsuite", "emulate", "--flavor", fw.name, "--role", eng.role.value, "--host", "${BIND_ADDRESS}",
+                "--port", f"${{{eng.port_var}}}", "--hardware", "${EMU_HARDWARE}",
+                "--kv-pool-capacity-gb", "${KVPOOL_SIZE_GB}"]
+        return svc | {"image": "${SUITE_IMAGE}", "command": command(args), "environment": {"PYTHONUNBUFFERED": "1"},
+                      "healthcheck": healthcheck(eng.port_var, "/health", "30s")}
+    argv = fw.kvpool_args(dep)
+    svc |= {"image": f"${{{fw.image_setting}}}", "entrypoint": argv[:1], "command": command(argv[1:]),
+            "healthcheck": tcp_healthcheck(eng.port_var, "60s")}
+    setup = fw.setup_services(dep)
+    if setup:
+        svc["depends_on"] = {dep.service(n): {"condition": "service_completed_successfully"} for n in setup}
+    return svc
+
+
+def engine_service(fw: Framework, dep: Deployment, eng: Engine) -> dict:
+    if eng.role is Role.KVPOOL:
+        return kvpool_service(fw, dep, eng)
+    svc = _base(dep, eng.role.value)
+    pool = {dep.service(dep.kvpool.name): {"condition": "service_healthy"}} if dep.kvpool else {}
     if dep.backend is Backend.EMU:
         args = ["pdsuite", "emulate", "--flavor", fw.name, "--role", eng.role.value,
                 "--host", "${BIND_ADDRESS}", "--port", f"${{{eng.port_var}}}", "--model", "${MODEL}",
@@ -49,7 +77,7 @@ def engine_service(fw: Framework, dep: Deployment, eng: Engine) -> dict:
                 *fw.emulator_args(dep, eng)]
         svc |= {"image": "${SUITE_IMAGE}", "command": command(args), "environment": {"PYTHONUNBUFFERED": "1"},
                 "healthcheck": healthcheck(eng.port_var, "/health", "30s")}
-        return svc
+        return svc | ({"depends_on": pool} if pool else {})
     if dep.backend is Backend.CPU:
         # vLLM's engine-core message queue needs ~160 MiB of /dev/shm; Docker's default is 64 MiB
         svc |= {"image": "${VLLM_CPU_IMAGE}", "entrypoint": ["vllm", "serve"], "shm_size": "1g",
@@ -64,8 +92,9 @@ def engine_service(fw: Framework, dep: Deployment, eng: Engine) -> dict:
         if fw.entrypoint:
             svc["entrypoint"] = fw.entrypoint
         setup = fw.setup_services(dep)
-        if setup:
-            svc["depends_on"] = {dep.service(n): {"condition": "service_completed_successfully"} for n in setup}
+        depends = {dep.service(n): {"condition": "service_completed_successfully"} for n in setup} | pool
+        if depends:
+            svc["depends_on"] = depends
     svc["command"] = command(fw.engine_args(dep, eng))
     svc["environment"] = fw.engine_env(dep, eng)
     return svc

@@ -16,6 +16,7 @@ class Role(StrEnum):
     DECODE = "decode"
     COLOCATED = "colocated"  # prefill and decode on the same engine
     ROUTER = "router"
+    KVPOOL = "kvpool"  # a shared CPU KV pool server the engines load prefix KV from and store it to
 
 
 class Backend(StrEnum):
@@ -33,6 +34,7 @@ class Topology(StrEnum):
     DP2 = "dp2"  # two TP=1 replicas behind the router
     P1D2 = "1p2d"  # xPyD: 1 prefill + 2 decode engines on three GPUs
     P2D1 = "2p1d"  # xPyD: 2 prefill + 1 decode engines on three GPUs
+    DISAGG_KVPOOL = "disagg-kvpool"  # disagg plus a shared CPU KV pool service (LMCache server / Mooncake master)
 
 
 class Engine(BaseModel):
@@ -66,6 +68,16 @@ class Deployment(BaseModel):
     def disaggregated(self) -> bool:
         """Prefill and decode run on different engines (KV moves between them)."""
         return any(e.role in (Role.PREFILL, Role.DECODE) for e in self.engines)
+
+    @property
+    def kvpool(self) -> Engine | None:
+        """The shared KV pool service, if the deployment has one (it is no engine: no GPU, no model)."""
+        return next((e for e in self.engines if e.role is Role.KVPOOL), None)
+
+    @property
+    def model_engines(self) -> list[Engine]:
+        """The engines that serve the model (every engine but the KV pool server)."""
+        return [e for e in self.engines if e.role is not Role.KVPOOL]
 
     def engines_with(self, role: Role) -> list[Engine]:
         return [e for e in self.engines if e.role is role]

@@ -9,7 +9,7 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def emulate(
         flavor: str = typer.Option("vllm", help="Framework to emulate: vllm or sglang."),
-        role: str = typer.Option("colocated", help="prefill, decode or colocated."),
+        role: str = typer.Option("colocated", help="prefill, decode, colocated, or kvpool (the shared KV pool)."),
         host: str = typer.Option("127.0.0.1", help="Address to bind."),
         port: int = typer.Option(8000, min=1, max=65535, help="OpenAI API port."),
         model: str = typer.Option("meta-llama/Llama-3.1-8B-Instruct", help="Served model name."),
@@ -23,6 +23,9 @@ def register(app: typer.Typer) -> None:
         max_model_len: int = typer.Option(131072, min=2, help="Max prompt + output tokens per request."),
         kv_timeout: float = typer.Option(60.0, min=0.1, help="Seconds a P/D hand-off may wait before failing."),
         spin_us: float = typer.Option(1500, min=0, help="Busy-wait this long before each step end (precision)."),
+        kv_pool: str = typer.Option("", help="Shared KV pool URL (disagg-kvpool prefill): look prefixes up there."),
+        kv_pool_block: int = typer.Option(256, min=1, help="Tokens per pool block (LMCache chunk / SGLang page)."),
+        kv_pool_capacity_gb: float = typer.Option(8.0, min=0.001, help="--role kvpool: pool capacity in GB."),
     ) -> None:
         """Run the EMULATED engine: OpenAI API, the framework's /metrics and P/D hand-off, cost-model timing."""
         import asyncio
@@ -47,22 +50,34 @@ def register(app: typer.Typer) -> None:
             fail(str(e))
         if not hasattr(fw, "emulator_metrics"):
             fail(f"framework {flavor!r} has no emulator tables")
-        roles = (Role.PREFILL, Role.DECODE, Role.COLOCATED)
+        roles = (Role.PREFILL, Role.DECODE, Role.COLOCATED, Role.KVPOOL)
         if role not in {r.value for r in roles}:
             fail(f"unknown role {role!r}; known: {', '.join(r.value for r in roles)}")
+        if kv_pool and not kv_pool.startswith(("http://", "https://")):
+            fail(f"--kv-pool must be an http:// URL, got {kv_pool!r}")
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        if role == Role.KVPOOL.value:
+            from suite.emulator.kvpool import PoolServer
+
+            logging.getLogger("pdsuite.emulator").warning(
+                "pdsuite EMULATED shared KV pool (not a real LMCache server / Mooncake master): flavor=%s "
+                "capacity=%.3g GB listening on %s:%d", flavor, kv_pool_capacity_gb, host, port)
+            web.run_app(PoolServer(kv_pool_capacity_gb, fw.name, hardware).app(), host=host, port=port,
+                        access_log=None, print=None, handle_signals=True)
+            return
         try:
             cost = CostModel(load(model_config), load_hardware(hardware), tp=tp)
         except (ModelConfigError, HardwareError) as e:
             fail(str(e))
         if cost.kv_capacity_tokens() < 1:
             fail(f"model config {model_config!r} at tp={tp} does not fit hardware {hardware!r} (no room for KV)")
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         # sglang-router probes workers with HTTP/2 (gRPC) first; aiohttp logs each probe as an error.
         logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)
         srv = EmulatorServer(fw, Role(role), cost, host=host, port=port, model=model, hardware=hardware, tp=tp,
                              kv_port=kv_port or None, bootstrap_port=bootstrap_port or None,
                              token_budget=token_budget, max_num_seqs=max_num_seqs, max_model_len=max_model_len,
-                             kv_timeout=kv_timeout, spin_s=spin_us * 1e-6)
+                             kv_timeout=kv_timeout, spin_s=spin_us * 1e-6, kv_pool=kv_pool or None,
+                             kv_pool_block=kv_pool_block)
         try:
             import uvloop
 

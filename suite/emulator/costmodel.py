@@ -75,6 +75,10 @@ class CostModel:
         return (self.hw.xfer_latency_s + self.model.layers * self.hw.xfer_per_layer_s
                 + self.transfer_bytes(tokens) / self.hw.link_bw)
 
+    def pool_load_s(self, tokens: int) -> float:
+        """Loading `tokens` prompt tokens' KV from the shared CPU pool: fixed cost + bytes / pool bandwidth."""
+        return self.hw.xfer_latency_s + self.transfer_bytes(tokens) / self.hw.pool_bw if tokens > 0 else 0.0
+
     def kv_capacity_tokens(self) -> int:
         """Tokens the KV cache holds: memory left after weights (per GPU, TP shards both)."""
         free = self.hw.mem_bytes * self.hw.mem_fraction * self.tp - self.model.weight_bytes

@@ -35,6 +35,9 @@ class Plan:
     max_tokens: int | None = None  # forced output length (P: 1)
     sources: dict[str, int] = field(default_factory=dict)  # prompt tokens by source (vLLM metric)
     finish: Callable[[float], Awaitable[dict]] | None = None  # after the engine finished: extra response fields
+    external_queries: int = 0  # prompt tokens a KV connector was asked about (vLLM external_prefix_cache_*)
+    external_hits: int = 0  # of those, tokens it supplied (NIXL hand-off on D, the shared pool on P)
+    pool_hits: int = 0  # prompt tokens loaded from the shared KV pool (SGLang cached_tokens{cache_source=storage})
 
 
 class Handoff:
@@ -119,7 +122,8 @@ class NixlPull(Handoff):
         if params.get(self.f["decode_flag"]):
             if self.role is not Role.PREFILL:
                 raise ApiError(f"{self.f['decode_flag']} needs a KV producer; this engine is the decode side")
-            return Plan(max_tokens=1, sources={"local_compute": p.prompt_tokens},
+            # vLLM asks its connector about every request (scheduler.py: queries = prompt - local hits)
+            return Plan(max_tokens=1, sources={"local_compute": p.prompt_tokens}, external_queries=p.prompt_tokens,
                         finish=lambda now: self._hold(p.prompt_tokens, rid))
         if params.get(self.f["prefill_flag"]):
             if self.role is not Role.DECODE:
@@ -170,7 +174,7 @@ class NixlPull(Handoff):
         m.observe("kv_bytes", self.srv.cost.transfer_bytes(tokens))
         m.observe("kv_descriptors", len(blocks) * layers * 2)
         remote = tokens - 1  # vLLM D recomputes the last prompt token to sample the first output token
-        return Plan(remote_kv=remote, ready_delay=xfer,
+        return Plan(remote_kv=remote, ready_delay=xfer, external_queries=p.prompt_tokens, external_hits=remote,
                     sources={"external_kv_transfer": remote, "local_compute": p.prompt_tokens - remote})
 
 

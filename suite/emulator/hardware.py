@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 
 
@@ -22,6 +22,9 @@ class Hardware:
     link_bw: float  # GPU<->GPU bytes/s for KV transfer and all-reduce
     xfer_latency_s: float  # fixed cost of one KV transfer (post + notification)
     xfer_per_layer_s: float  # per-layer descriptor overhead of one KV transfer
+    # shared CPU KV pool (disagg-kvpool): host -> GPU bytes/s for prefix KV loaded from the pool (plus
+    # xfer_latency_s per load). Default: PCIe Gen5 x16, 64 GB/s per direction (spec, not measured).
+    pool_bw: float = 64e9
 
 
 PROFILES: dict[str, Hardware] = {
@@ -33,7 +36,7 @@ PROFILES: dict[str, Hardware] = {
     # A fast, tiny profile for tests and demos on CPUs: steps of ~1-2 ms with the tiny-llama config.
     "cpu-tiny": Hardware(name="cpu-tiny", flops=2e11, mem_bw=2e10, mem_bytes=4e9, mem_fraction=0.5,
                          step_overhead_s=1e-3, prefill_floor_s=0.0, tp_efficiency=0.9, allreduce_latency_s=20e-6,
-                         link_bw=2e9, xfer_latency_s=0.5e-3, xfer_per_layer_s=50e-6),
+                         link_bw=2e9, xfer_latency_s=0.5e-3, xfer_per_layer_s=50e-6, pool_bw=1e9),
 }
 
 
@@ -50,7 +53,8 @@ def load_hardware(ref: str) -> Hardware:
         raise HardwareError(f"unknown hardware profile {ref!r}; known: {', '.join(PROFILES)} (or a JSON file)")
     try:
         data = json.loads(p.read_text())
-        return Hardware(**{f.name: data[f.name] if f.name != "name" else data.get("name", p.stem)
+        return Hardware(**{f.name: data.get("name", p.stem) if f.name == "name"
+                           else data.get(f.name, f.default) if f.default is not MISSING else data[f.name]
                            for f in fields(Hardware)})
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise HardwareError(f"{p}: bad hardware profile ({e}); fields: {', '.join(asdict(PROFILES['h100']))}") from None

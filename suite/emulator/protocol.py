@@ -156,3 +156,21 @@ class Responder:
         out = {"id": self.id, "object": obj, "created": self.created, "model": self.p.model, "choices": [choice],
                "usage": self.usage(completion)}
         return out | (extra or {})
+
+
+def prompt_units(p: Parsed) -> list:
+    """The prompt's tokens under the emulated tokenizer rule (ids as given, else words), for prefix hashing."""
+    if p.chat:
+        out: list = []
+        for m in p.body["messages"]:
+            c = m.get("content")
+            if isinstance(c, str):
+                out += c.split()
+            elif isinstance(c, list):
+                out += [w for part in c if isinstance(part, dict) and part.get("type") == "text"
+                        for w in part.get("text", "").split()]
+        return out
+    prompt = p.body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (list, str)):
+        prompt = prompt[0]
+    return prompt.split() if isinstance(prompt, str) else list(prompt)

@@ -14,8 +14,9 @@ from aiohttp import web
 from suite.emulator.costmodel import CostModel
 from suite.emulator.engine import Engine
 from suite.emulator.handoff import HANDOFFS, Plan
+from suite.emulator.kvpool import PoolClient, block_hashes
 from suite.emulator.metrics import EmuMetrics
-from suite.emulator.protocol import ApiError, Parsed, Responder, error_body, parse_request
+from suite.emulator.protocol import ApiError, Parsed, Responder, error_body, parse_request, prompt_units
 from suite.emulator.scheduler import Scheduler, SimRequest, Step
 from suite.frameworks.base import Framework, Role
 
@@ -59,7 +60,8 @@ class EmulatorServer:
     def __init__(self, fw: Framework, role: Role, cost: CostModel, *, host: str, port: int, model: str,
                  hardware: str, tp: int = 1, kv_port: int | None = None, bootstrap_port: int | None = None,
                  token_budget: int = 8192, max_num_seqs: int = 1024, max_model_len: int = 131072,
-                 kv_timeout: float = 60.0, kv_hold_s: float = 480.0, spin_s: float = 1.5e-3) -> None:
+                 kv_timeout: float = 60.0, kv_hold_s: float = 480.0, spin_s: float = 1.5e-3,
+                 kv_pool: str | None = None, kv_pool_block: int = 256) -> None:
         self.fw, self.role, self.cost = fw, role, cost
         self.host, self.port, self.model, self.hardware, self.tp = host, port, model, hardware, tp
         self.kv_port, self.bootstrap_port = kv_port, bootstrap_port
@@ -69,6 +71,9 @@ class EmulatorServer:
         self.spin_s = spin_s
         self.engine: Engine | None = None
         self.handoff = HANDOFFS[fw.emulator_handoff](self)
+        # shared KV pool (disagg-kvpool): the prefill engine looks prefixes up there and stores its blocks
+        self.pool = PoolClient(kv_pool, kv_pool_block) if kv_pool else None
+        self._pool_tasks: set[asyncio.Task] = set()
         self._ids = itertools.count()
         self._gen_total = 0
         self._last_scrape = (time.monotonic(), 0)
@@ -106,14 +111,22 @@ class EmulatorServer:
         self.engine = Engine(self.sched, spin_s=self.spin_s, on_step=self._on_step)
         self.engine.start()
         await self.handoff.start()
+        if self.pool:
+            await self.pool.start()
         log.warning("pdsuite EMULATED engine (not a real %s): flavor=%s role=%s model=%s hardware=%s tp=%d "
                     "listening on %s:%d%s%s", self.fw.name, self.fw.name, self.role.value, self.model,
                     self.hardware, self.tp, self.host, self.port,
                     f" kv-port={self.kv_port}" if self.kv_port else "",
                     f" bootstrap-port={self.bootstrap_port}" if self.bootstrap_port else "")
+        if self.pool:
+            log.warning("pdsuite EMULATED shared KV pool at %s, blocks of %d tokens", self.pool.url, self.pool.block)
 
     async def _cleanup(self, app: web.Application) -> None:
         await self.handoff.stop()
+        if self._pool_tasks:
+            await asyncio.gather(*self._pool_tasks, return_exceptions=True)
+        if self.pool:
+            await self.pool.stop()
         if self.engine:
             await self.engine.stop()
 
@@ -186,6 +199,7 @@ class EmulatorServer:
             plan = await self.handoff.prepare(p, rid)
         except ApiError as e:
             return self._error(e)
+        hashes = await self._pool_lookup(p, plan) if self.pool else None
         max_tokens = plan.max_tokens or p.max_tokens
         stream = p.stream and plan.finish is None  # P answers the router non-streaming, with its hand-off
         resp_builder = Responder(p)
@@ -216,6 +230,10 @@ class EmulatorServer:
             return self._error(ApiError(str(e)))
         try:
             await done
+            if hashes:  # prefill done: its full blocks go to the pool, off the response path
+                t = asyncio.ensure_future(self.pool.store(hashes, self.cost.transfer_bytes(self.pool.block)))
+                self._pool_tasks.add(t)
+                t.add_done_callback(self._pool_tasks.discard)
             extra = await plan.finish(req) if plan.finish else {}
         except ApiError as e:
             if resp is None:
@@ -230,6 +248,23 @@ class EmulatorServer:
             return web.json_response(resp_builder.full(req.generated, extra), dumps=lambda o: orjson.dumps(o).decode())
         await resp.write_eof()  # usage and [DONE] went out with the last token
         return resp
+
+    async def _pool_lookup(self, p: Parsed, plan: Plan) -> list[str] | None:
+        """Prefill side of the shared pool: the longest stored block-aligned prefix is loaded at the modelled pool
+        bandwidth instead of computed (the request waits for the load, as for a KV hand-off). At least the last
+        prompt token is always computed (the engines need its logits)."""
+        if self.role is Role.DECODE:
+            return None  # D's writes to the pool are not modelled (docs/emulator.md)
+        hashes = block_hashes(prompt_units(p), self.pool.block)
+        hit = min(await self.pool.lookup(hashes) * self.pool.block, p.prompt_tokens - 1)
+        plan.external_queries = p.prompt_tokens  # one connector lookup per request, whichever child answers
+        if hit > max(0, plan.remote_kv):
+            plan.external_hits += hit
+            plan.pool_hits = hit
+            plan.remote_kv = hit
+            plan.ready_delay += self.cost.pool_load_s(hit)
+            plan.sources = {"local_compute": p.prompt_tokens - hit, "external_kv_transfer": hit}
+        return hashes
 
     def _record(self, r: SimRequest, p: Parsed, plan: Plan, stream: bool) -> None:
         m = self.metrics
@@ -254,6 +289,13 @@ class EmulatorServer:
         m.inc("prefix_cache_queries", r.prompt)
         for source, n in (plan.sources or {"local_compute": r.prompt}).items():
             m.inc("prompt_tokens_by_source", n, source=source)
+        if plan.external_queries:  # vLLM counts connector lookups; hits of uninstrumented connectors as unspecified
+            m.inc("external_prefix_cache_queries", plan.external_queries)
+            m.inc("external_prefix_cache_hits", plan.external_hits)
+            if plan.external_hits:
+                m.inc("prompt_tokens_cached_by_source", plan.external_hits, source="external_unspecified")
+        if plan.pool_hits:  # SGLang reports each cache source only when > 0
+            m.inc("cached_tokens", plan.pool_hits, cache_source="storage")
         if self.role is Role.PREFILL:
             m.observe("stage_s", first - sched, stage="prefill_forward")
         m.observe("stage_s", end - r.arrival, stage="request_process")

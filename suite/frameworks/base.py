@@ -60,6 +60,10 @@ class Framework:
         """Extra one-shot services that engines wait for (e.g. a NIXL presence check)."""
         return {}
 
+    def kvpool_args(self, dep: Deployment) -> list[str]:
+        """Full command line of the shared KV pool server (disagg-kvpool, GPU backend), run in the engine image."""
+        raise NotImplementedError
+
     def emulator_args(self, dep: Deployment, eng: Engine) -> list[str]:
         """Hand-off options the stand-in engine needs to speak this framework's P/D protocol."""
         return []

@@ -7,6 +7,8 @@ bootstrap_host/port/room. Metrics need --enable-metrics; KV-transfer metrics are
 
 from __future__ import annotations
 
+import json
+
 from suite.frameworks.base import Backend, Deployment, Engine, Framework, MetricMap, Role, register, url
 
 NCCL_PORT = ("SGLANG_NCCL_PORT_A", "SGLANG_NCCL_PORT_B", "SGLANG_NCCL_PORT_C")  # by engine index
@@ -16,6 +18,18 @@ def bootstrap_port(eng: Engine) -> str:
     """Each prefill engine runs its own bootstrap server; decode engines are given the first one's port."""
     return "SGLANG_BOOTSTRAP_PORT_THIRD" if eng.role is Role.PREFILL and eng.index == 2 else "SGLANG_BOOTSTRAP_PORT"
 MS, MB, GB = 1e-3, 1e6, 1e9
+# disagg-kvpool: HiCache with Mooncake as its shared storage (L3) tier; flags from SGLang 0.5.23
+# sglang/srt/arg_groups/fields/memory.py (enable_hierarchical_cache, hicache_storage_backend,
+# hicache_storage_backend_extra_config) and fields/disagg.py (disaggregation_decode_enable_offload_kvcache).
+# mem_cache/storage/mooncake_store/README.md "Prefill/Decode Disaggregation": HiCache runs on the prefill worker;
+# the decode worker writes its KV into the same storage with --disaggregation-decode-enable-offload-kvcache
+# (disaggregation/decode_kvcache_offload_manager.py builds its cache controller on --hicache-storage-backend).
+KVPOOL_PAGE = 64  # --page-size on both sides (the README's PD example; storage keys are per page)
+MOONCAKE_CONFIG = {  # README "Using extra-config of sglang arguments"; TCP: no RDMA assumed on one host
+    "master_server_address": "${BIND_ADDRESS}:${KVPOOL_PORT}",
+    "metadata_server": "http://${BIND_ADDRESS}:${KVPOOL_METADATA_PORT}/metadata",
+    "local_hostname": "${BIND_ADDRESS}", "protocol": "tcp", "device_name": "",
+    "global_segment_size": "${KVPOOL_SIZE_GB}gb"}
 
 # Emulator metric tables (below): tokenizer-side families carry _TL, scheduler-side ones _SL (SGLang 0.5.23).
 _TL = ("engine_type", "model_name", "is_streaming")
@@ -39,7 +53,10 @@ def check(argv):
     return {"host": a.host, "port": a.port, "tp": a.tp_size, "context_length": a.context_length,
             "disaggregation_mode": a.disaggregation_mode, "transfer_backend": a.disaggregation_transfer_backend,
             "bootstrap_port": a.disaggregation_bootstrap_port, "base_gpu_id": a.base_gpu_id,
-            "nccl_port": a.nccl_port, "enable_metrics": a.enable_metrics}
+            "nccl_port": a.nccl_port, "enable_metrics": a.enable_metrics, "page_size": a.page_size,
+            "hicache": a.enable_hierarchical_cache, "hicache_storage_backend": a.hicache_storage_backend,
+            "hicache_storage_extra": a.hicache_storage_backend_extra_config,
+            "decode_offload": a.disaggregation_decode_enable_offload_kvcache}
 """
 
 
@@ -72,7 +89,40 @@ class SGLang(Framework):
                      "--disaggregation-mode", eng.role.value,
                      "--disaggregation-transfer-backend", "${SGLANG_TRANSFER_BACKEND}",
                      "--disaggregation-bootstrap-port", f"${{{bootstrap_port(eng)}}}"]
+            if dep.kvpool is not None:
+                args += self.hicache_args(eng)
         return [*args, "${SGLANG_EXTRA_ARGS}"]
+
+    def hicache_args(self, eng: Engine) -> list[str]:
+        """P: HiCache (GPU -> host -> Mooncake) looks prefixes up in the pool and writes them back; D: offloads the
+        KV it holds into the same pool."""
+        side = (["--enable-hierarchical-cache"] if eng.role is Role.PREFILL
+                else ["--disaggregation-decode-enable-offload-kvcache"])
+        return ["--page-size", str(KVPOOL_PAGE), *side, "--hicache-storage-backend", "mooncake",
+                "--hicache-storage-backend-extra-config", json.dumps(MOONCAKE_CONFIG, separators=(",", ":"))]
+
+    def kvpool_args(self, dep: Deployment) -> list[str]:
+        """Mooncake master with its embedded HTTP metadata server (mooncake-store/src/master.cpp flags; both
+        bind BIND_ADDRESS). It only coordinates: the memory is the engines' segments (global_segment_size)."""
+        return ["mooncake_master", "--rpc_address=${BIND_ADDRESS}", "--rpc_port=${KVPOOL_PORT}",
+                "--enable_http_metadata_server=true", "--http_metadata_server_host=${BIND_ADDRESS}",
+                "--http_metadata_server_port=${KVPOOL_METADATA_PORT}", "--metrics_port=${KVPOOL_METRICS_PORT}",
+                "--eviction_high_watermark_ratio=0.95"]
+
+    def setup_services(self, dep: Deployment) -> dict[str, dict]:
+        """disagg-kvpool: one-shot check that the image has Mooncake (store client and mooncake_master) and, with
+        the nixl transfer backend, NIXL. Named nixl-check like vLLM's: the runner expects that one-shot name."""
+        if dep.backend is not Backend.GPU or dep.kvpool is None:
+            return {}
+        check = ("import importlib.util as u, os, shutil, sys; bad = []; "
+                 "nixl = os.environ.get('SGLANG_TRANSFER_BACKEND', 'nixl') == 'nixl'; "
+                 "bad += ['nixl (SGLANG_TRANSFER_BACKEND=nixl)'] if nixl and u.find_spec('nixl') is None else []; "
+                 "bad += ['mooncake (pip install mooncake-transfer-engine)'] if u.find_spec('mooncake') is None "
+                 "else []; bad += ['mooncake_master on PATH'] if shutil.which('mooncake_master') is None else []; "
+                 "print('MISSING: ' + ', '.join(bad) + ' (docs/gpu-runbook.md)' if bad else "
+                 "'mooncake ok' + (', nixl ok' if nixl else '')); sys.exit(1 if bad else 0)")
+        return {"nixl-check": {"entrypoint": ["python3", "-c", check],
+                               "environment": {"SGLANG_TRANSFER_BACKEND": "${SGLANG_TRANSFER_BACKEND}"}}}
 
     def parser_argv(self, argv: list[str], local_model: str) -> list[str]:
         return argv  # prepare_server_args does not read the model
@@ -101,9 +151,16 @@ class SGLang(Framework):
                 "--prometheus-host", "${BIND_ADDRESS}", "--prometheus-port", "${ROUTER_METRICS_PORT}"]
 
     def emulator_args(self, dep: Deployment, eng: Engine) -> list[str]:
-        return ["--bootstrap-port", f"${{{bootstrap_port(eng)}}}"] if eng.role is Role.PREFILL else []
+        if eng.role is not Role.PREFILL:
+            return []
+        args = ["--bootstrap-port", f"${{{bootstrap_port(eng)}}}"]
+        if dep.kvpool is not None:
+            args += ["--kv-pool", url(dep.kvpool.port_var), "--kv-pool-block", str(KVPOOL_PAGE)]
+        return args
 
     def extra_ports(self, dep: Deployment, eng: Engine) -> list[str]:
+        if eng.role is Role.KVPOOL:
+            return ["KVPOOL_METADATA_PORT", "KVPOOL_METRICS_PORT"] if dep.backend is Backend.GPU else []
         ports = [bootstrap_port(eng)] if eng.role is Role.PREFILL else []
         return ports + ([NCCL_PORT[eng.index]] if dep.backend is Backend.GPU else [])
 
@@ -134,6 +191,9 @@ class SGLang(Framework):
         "prompt_tokens": MetricMap("sglang:prompt_tokens"),
         "generation_tokens": MetricMap("sglang:generation_tokens"),
         "prompt_tokens_cached": MetricMap("sglang:cached_tokens"),
+        # HiCache L3 hits (observability/metrics_collector.py: cached_tokens_total{cache_source="storage"}, only
+        # present with a storage backend): the shared pool of disagg-kvpool
+        "kvpool_hit_tokens": MetricMap("sglang:cached_tokens", labels={"cache_source": "storage"}),
         "requests_completed": MetricMap("sglang:num_requests"),
         "requests_running": MetricMap("sglang:num_running_reqs"),
         "requests_waiting": MetricMap("sglang:num_queue_reqs"),

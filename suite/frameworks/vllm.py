@@ -16,6 +16,16 @@ CPU_MODEL_DIR = "/models/tiny-llama"  # built by `pdsuite tiny-model` inside ima
 CPU_KV_DIR = "/kv"  # ExampleConnector's shared storage (a volume both CPU engines mount)
 CPU_MAX_MODEL_LEN = 1024  # the tiny CPU model's context
 NIXL_MIN_VERSION = "1.5.0"
+LMCACHE_CHECK = ("import importlib.util as u; ok = u.find_spec('lmcache') is not None; "
+                 "print('lmcache', m.version('lmcache') if ok else 'MISSING: the image has no lmcache (pip install "
+                 "lmcache in a derived image; docs/gpu-runbook.md)'); sys.exit(0 if ok else 1)")
+# disagg-kvpool: P/D over NIXL plus LMCache's shared CPU pool (LMCache server) through MultiConnector.
+# MultiConnector (vllm/distributed/kv_transfer/kv_connector/v1/multi_connector.py, 0.32: MultiConnector class and
+# _get_connector_classes_and_configs) reads kv_connector_extra_config["connectors"], a list of KVTransferConfig
+# dicts; it loads from the FIRST child reporting matched tokens (get_num_new_matched_tokens) and saves to all.
+# NIXL first, so on D the hand-off from P wins; LMCache second, so P loads pool hits. LMCacheConnectorV1 imports
+# lmcache only when it is constructed (lmcache_connector.py, lazy import in __init__).
+LMCACHE_CHUNK = 256  # LMCACHE_CHUNK_SIZE: LMCache stores and looks up KV in chunks of this many tokens
 
 # Emulator metric tables (below): label names and bucket sets as vLLM 0.32/0.33 defines them.
 _EL = ("engine", "model_name")
@@ -53,7 +63,25 @@ def check(argv):
             "max_model_len": engine.max_model_len, "load_format": engine.load_format,
             "kv_connector": kv and kv.kv_connector, "kv_role": kv and kv.kv_role,
             "kv_buffer_device": kv and kv.kv_buffer_device,
-            "kv_extra": kv and kv.kv_connector_extra_config}
+            "kv_extra": kv and kv.kv_connector_extra_config, "kv_children": _children(kv)}
+
+# MultiConnector: validate every child as EngineCore would build it (KVTransferConfig rejects unknown keys and
+# roles) and resolve its class (LMCacheConnectorV1 imports lmcache only when constructed, not here).
+def _children(kv):
+    if kv is None or kv.kv_connector != "MultiConnector":
+        return None
+    from vllm.config.kv_transfer import KVTransferConfig
+    children = kv.kv_connector_extra_config.get("connectors")
+    if not children:
+        raise ValueError("MultiConnector needs kv_connector_extra_config.connectors")
+    out = []
+    for child in children:
+        cfg = KVTransferConfig(**child)
+        if not cfg.kv_connector_module_path and cfg.kv_connector not in KVConnectorFactory._registry:
+            raise ValueError(f"Unsupported connector type: {cfg.kv_connector}")
+        KVConnectorFactory.get_connector_class(cfg)
+        out.append({"kv_connector": cfg.kv_connector, "kv_role": cfg.kv_role})
+    return out
 """
 
 
@@ -76,7 +104,12 @@ class VLLM(Framework):
         if dep.backend is Backend.CPU:
             return {"kv_connector": "ExampleConnector", "kv_role": KV_ROLE[eng.role],
                     "kv_connector_extra_config": {"shared_storage_path": CPU_KV_DIR}}
-        return {"kv_connector": "${VLLM_KV_CONNECTOR}", "kv_role": KV_ROLE[eng.role], "kv_buffer_device": "cuda"}
+        nixl = {"kv_connector": "${VLLM_KV_CONNECTOR}", "kv_role": KV_ROLE[eng.role], "kv_buffer_device": "cuda"}
+        if dep.kvpool is None:
+            return nixl
+        # Top-level role as plain disagg (the scheduler reads it), LMCache child kv_both: load hits and save.
+        return {"kv_connector": "MultiConnector", "kv_role": KV_ROLE[eng.role], "kv_connector_extra_config": {
+            "connectors": [nixl, {"kv_connector": "LMCacheConnectorV1", "kv_role": "kv_both"}]}}
 
     def engine_args(self, dep: Deployment, eng: Engine) -> list[str]:
         cpu = dep.backend is Backend.CPU
@@ -111,7 +144,24 @@ class VLLM(Framework):
             env |= {"VLLM_NIXL_SIDE_CHANNEL_HOST": "${BIND_ADDRESS}",
                     "VLLM_NIXL_SIDE_CHANNEL_PORT": f"${{{NIXL_PORT[eng.index]}}}",
                     "UCX_TLS": "all", "UCX_NET_DEVICES": "all"}
+            if dep.kvpool is not None:
+                env |= self.lmcache_env()
         return env
+
+    def lmcache_env(self) -> dict[str, str]:
+        """LMCache (in-process, LMCacheConnectorV1) configured by LMCACHE_<KEY> variables (LMCache
+        lmcache/v1/config.py: chunk_size, local_cpu, max_local_cpu_size, remote_url, remote_serde): no local CPU
+        tier, so every hit comes from the shared LMCache server (lm://, vLLM's disaggregated_prefill_lmcache
+        example uses the same keys); the CPU buffer for transfers is KVPOOL_SIZE_GB."""
+        return {"LMCACHE_CHUNK_SIZE": str(LMCACHE_CHUNK), "LMCACHE_LOCAL_CPU": "False",
+                "LMCACHE_MAX_LOCAL_CPU_SIZE": "${KVPOOL_SIZE_GB}",
+                "LMCACHE_REMOTE_URL": "lm://${BIND_ADDRESS}:${KVPOOL_PORT}", "LMCACHE_REMOTE_SERDE": "naive",
+                "PYTHONHASHSEED": "0"}  # LMCache keys chunks by hashing token ids: same seed on P and D
+
+    def kvpool_args(self, dep: Deployment) -> list[str]:
+        """The LMCache server (LMCache lmcache/v1/server/__main__.py: `<host> <port> [device]`, raw TCP, serves
+        lm:// URLs); it runs in the vLLM image, which must carry lmcache (the nixl-check service checks)."""
+        return ["python3", "-m", "lmcache.v1.server", "${BIND_ADDRESS}", "${KVPOOL_PORT}", "cpu"]
 
     def router_args(self, dep: Deployment) -> list[str]:
         if dep.disaggregated:
@@ -130,10 +180,15 @@ class VLLM(Framework):
         check = ("import importlib.metadata as m, sys; v = m.version('nixl'); "
                  f"ok = tuple(map(int, v.split('.')[:3])) >= {tuple(map(int, NIXL_MIN_VERSION.split('.')))}; "
                  f"print('nixl', v, 'ok' if ok else 'too old: need >= {NIXL_MIN_VERSION}'); sys.exit(0 if ok else 1)")
+        if dep.kvpool is not None:  # the same one-shot service also checks LMCache (engines and pool server)
+            check = check.replace("sys.exit(0 if ok else 1)", "ok or sys.exit(1); " + LMCACHE_CHECK)
         return {"nixl-check": {"entrypoint": ["python3", "-c", check]}}
 
     def emulator_args(self, dep: Deployment, eng: Engine) -> list[str]:
-        return ["--kv-port", f"${{{NIXL_PORT[eng.index]}}}"] if eng.role in KV_ROLE else []
+        args = ["--kv-port", f"${{{NIXL_PORT[eng.index]}}}"] if eng.role in KV_ROLE else []
+        if dep.kvpool is not None and eng.role is Role.PREFILL:
+            args += ["--kv-pool", url(dep.kvpool.port_var), "--kv-pool-block", str(LMCACHE_CHUNK)]
+        return args
 
     def max_model_len(self, dep: Deployment, settings) -> int:
         return CPU_MAX_MODEL_LEN if dep.backend is Backend.CPU else settings.MAX_MODEL_LEN
@@ -163,6 +218,11 @@ class VLLM(Framework):
                                                labels={"source": "external_kv_transfer"}),
         "prefix_cache_queries": MetricMap("vllm:prefix_cache_queries"),
         "prefix_cache_hits": MetricMap("vllm:prefix_cache_hits"),
+        # KV connector lookups (scheduler.py: connector_prefix_cache_stats.record, queried tokens and hits). On the
+        # prefill engine of disagg-kvpool the only connector that loads is LMCache: these are the pool's hits.
+        # On a decode engine they are the NIXL hand-off (external too), so read them per role.
+        "external_cache_query_tokens": MetricMap("vllm:external_prefix_cache_queries"),
+        "external_cache_hit_tokens": MetricMap("vllm:external_prefix_cache_hits"),
         "requests_completed": MetricMap("vllm:request_success"),
         "requests_running": MetricMap("vllm:num_requests_running"),
         "requests_waiting": MetricMap("vllm:num_requests_waiting"),
@@ -209,6 +269,18 @@ class VLLM(Framework):
                                  "Prefix cache queries, in terms of number of queried tokens.", _EL, ()),
         "prefix_cache_hits": ("vllm:prefix_cache_hits", "counter",
                               "Prefix cache hits, in terms of number of cached tokens.", _EL, ()),
+        "external_prefix_cache_queries": ("vllm:external_prefix_cache_queries", "counter",
+                                          "External prefix cache queries from KV connector cross-instance cache "
+                                          "sharing, in terms of number of queried tokens.", _EL, ()),
+        "external_prefix_cache_hits": ("vllm:external_prefix_cache_hits", "counter",
+                                       "External prefix cache hits from KV connector cross-instance cache sharing, "
+                                       "in terms of number of cached tokens.", _EL, ()),
+        "prompt_tokens_cached_by_source": ("vllm:prompt_tokens_cached_by_source", "counter",
+                                           "Prefix-cache hit tokens by the cache tier that supplied them: device "
+                                           "(local HBM), host (offloaded to DRAM), disk, p2p (transferred from "
+                                           "another vLLM instance) or external_unspecified. Counted at admission; "
+                                           "sums to vllm:prefix_cache_hits + vllm:external_prefix_cache_hits.",
+                                           (*_EL, "source"), ()),
         "running": ("vllm:num_requests_running", "gauge", "Number of requests in model execution batches.", _EL, ()),
         "waiting": ("vllm:num_requests_waiting", "gauge", "Number of requests waiting to be processed.", _EL, ()),
         "kv_usage": ("vllm:kv_cache_usage_perc", "gauge", "KV-cache usage. 1 means 100 percent usage.", _EL, ()),

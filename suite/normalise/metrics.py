@@ -13,6 +13,16 @@ from dataclasses import dataclass, field, replace
 from suite.frameworks.base import Framework, MetricMap, all_frameworks, get
 
 CORE = ("ttft_s", "e2e_s", "prompt_tokens", "generation_tokens")  # an engine page without these is not one we know
+# The emulated shared KV pool's own page (suite/emulator/kvpool.py; disagg-kvpool). Hits as the engines see them
+# are on the prefill engine's page (vLLM external_cache_hit_tokens, SGLang kvpool_hit_tokens).
+KVPOOL_METRICS = {
+    "kvpool_lookups": MetricMap("pdsuite_kvpool_lookups"),
+    "kvpool_queried_blocks": MetricMap("pdsuite_kvpool_queried_blocks"),
+    "kvpool_hit_blocks": MetricMap("pdsuite_kvpool_hit_blocks"),
+    "kvpool_stored_blocks": MetricMap("pdsuite_kvpool_stored_blocks"),
+    "kvpool_blocks": MetricMap("pdsuite_kvpool_blocks"),
+    "kvpool_bytes": MetricMap("pdsuite_kvpool_bytes"),
+}
 QUANTILES = (0.5, 0.9, 0.99)
 
 
@@ -180,9 +190,9 @@ def normalise_text(text: str, framework: str | None = None, role: str | None = N
     fw = get(framework or detect_framework(fams))
     snap = Snapshot(fw.name)
     used: set[str] = set()
-    found = {"engine": 0, "router": 0}
+    found = {"engine": 0, "router": 0, "kvpool": 0}
     for page, table, default in (("engine", fw.engine_metrics, role or "unknown"),
-                                 ("router", fw.router_metrics, "router")):
+                                 ("router", fw.router_metrics, "router"), ("kvpool", KVPOOL_METRICS, "kvpool")):
         for name, m in table.items():
             fam = _family(fams, m.native)
             if fam is None:
@@ -199,11 +209,15 @@ def normalise_text(text: str, framework: str | None = None, role: str | None = N
                     by_role.setdefault(_role(fw, smp.labels, default), []).append(smp)
             for r, samples in by_role.items():
                 snap.series[(name, r)] = _combine(name, r, kind, m, samples)
-    snap.page = "engine" if found["engine"] else "router" if found["router"] else "empty"
+    snap.page = next((p for p in ("engine", "router", "kvpool") if found[p]), "empty")
     if snap.page == "router":  # a router page lacks every engine metric by design
         snap.missing = [n for n in snap.missing if n in fw.router_metrics]
+    elif snap.page == "kvpool":
+        snap.missing = [n for n in snap.missing if n in KVPOOL_METRICS]
     elif snap.page == "engine":
         snap.missing = [n for n in snap.missing if n in fw.engine_metrics]
+    if snap.page != "kvpool":
+        snap.missing = [n for n in snap.missing if n not in KVPOOL_METRICS]
     spaces = {n.split(":")[0] + ":" if ":" in n else n.split("_")[0] + "_" for n in _natives(fw)}
     for fname in sorted(fams):
         if fname in used or fname.endswith("_created"):

@@ -14,7 +14,7 @@ import yaml
 from suite.config import Settings
 from suite.deploy.catalog import deployments
 from suite.deploy.compose import render
-from suite.deploy.model import Backend, Topology
+from suite.deploy.model import Backend, Role, Topology
 
 REF = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
 # cap_add entries that are documented (docs/gpu-runbook.md) - none today: CUDA IPC needs ipc/pid host, not caps.
@@ -66,6 +66,11 @@ def test_servers_bind_the_configured_address(services):
         # locust's --host is its target; its master listens for workers on --master-bind-host (default: all)
         if "locust" in args:
             hosts = [opt(args, "--web-host"), opt(args, "--master-bind-host")]
+        elif svc["labels"]["pdsuite.role"] == "kvpool" and "emulate" not in args:
+            # LMCache server: `-m lmcache.v1.server HOST PORT cpu`; Mooncake master: --rpc_address=, --*_host=
+            hosts = ([args[args.index("lmcache.v1.server") + 1]] if "lmcache.v1.server" in args else
+                     [a.split("=", 1)[1] for a in args if a.startswith(("--rpc_address=", "--http_metadata_server_host="))])
+            assert hosts, name
         else:  # engines and routers; routers also serve Prometheus on their own port
             hosts = [opt(args, "--host")] + [h for h in [opt(args, "--prometheus-host")] if h]
         assert all(h == "${BIND_ADDRESS:-127.0.0.1}" for h in hosts), (name, hosts)
@@ -109,11 +114,12 @@ def _kv_ports(svc: dict) -> set[str]:
                                   if d.framework == "vllm" and d.disaggregated and d.backend is not Backend.CPU])
 def test_nixl_side_channel_ports_distinct(services, name):
     dep = deployments()[name]
-    ports = [_kv_ports(services[dep.service(e.name)]) for e in dep.engines]
+    pd = [e for e in dep.engines if e.role is not Role.KVPOOL]  # the pool server has no side channel
+    ports = [_kv_ports(services[dep.service(e.name)]) for e in pd]
     assert all(ports), "every P/D engine must set its own NIXL side-channel port"
     assert len(set().union(*ports)) == sum(len(p) for p in ports), ports  # pairwise disjoint
     if dep.backend is Backend.GPU:  # the side channel listens on the configured address too
-        for e in dep.engines:
+        for e in pd:
             env = services[dep.service(e.name)]["environment"]
             assert env["VLLM_NIXL_SIDE_CHANNEL_HOST"] == "${BIND_ADDRESS:-127.0.0.1}"
 
@@ -121,6 +127,7 @@ def test_nixl_side_channel_ports_distinct(services, name):
 # Which host GPUs each engine of a topology must reserve (P = PREFILL_GPU, D = DECODE_GPU).
 EXPECTED_GPUS = {
     Topology.DISAGG: {"prefill": ["0", "1"], "decode": ["0", "1"]},  # both visible: CUDA IPC between them
+    Topology.DISAGG_KVPOOL: {"prefill": ["0", "1"], "decode": ["0", "1"], "pool": None},  # the pool: CPU only
     Topology.TP2: {"engine": ["0", "1"]},
     Topology.COLOCATED: {"engine": ["0"]},
     Topology.DP2: {"replica0": ["0"], "replica1": ["1"]},
@@ -146,6 +153,8 @@ def test_gpu_reservations_per_engine(services, name):
     for eng in dep.engines:
         svc = services[dep.service(eng.name)]
         assert _device_ids(svc) == expected[eng.name], eng.name
+        if expected[eng.name] is None:
+            continue
         # settings move the pins: P=2, D=5 reserves exactly those
         moved = _device_ids(svc, {"PREFILL_GPU": "2", "DECODE_GPU": "5", "THIRD_GPU": "7"})
         assert moved == [{"0": "2", "1": "5", "2": "7"}[g] for g in expected[eng.name]]
@@ -159,7 +168,7 @@ def test_gpu_reservations_per_engine(services, name):
 def test_disagg_engines_pick_different_gpus(services, name):
     dep = deployments()[name]
     picks = []
-    for eng in dep.engines:
+    for eng in dep.model_engines:
         svc = services[dep.service(eng.name)]
         picks.append((svc["environment"].get("CUDA_VISIBLE_DEVICES"), opt(argv(svc), "--base-gpu-id")))
     assert len(set(picks)) == len(picks), picks
@@ -182,7 +191,7 @@ def test_gpu_engines_have_a_long_start_period(services):
     for dep in deployments().values():
         if dep.backend is not Backend.GPU:
             continue
-        for eng in dep.engines:
+        for eng in dep.model_engines:
             sp = services[dep.service(eng.name)]["healthcheck"]["start_period"]
             assert int(resolve(sp).rstrip("s")) >= 600, sp  # an 8B model load from a cold cache
 
@@ -215,6 +224,8 @@ def test_gpu_profiles_use_the_engine_images_and_mount_the_model_cache(services):
         for eng in dep.engines:
             svc = services[dep.service(eng.name)]
             assert svc["image"].startswith(("${VLLM_IMAGE", "${SGLANG_IMAGE")), svc["image"]
+            if eng.role is Role.KVPOOL:  # the pool server reads no model
+                continue
             assert any(v.endswith("/root/.cache/huggingface") for v in svc["volumes"])
             assert svc["environment"]["HF_TOKEN"] == "${HF_TOKEN:-}"
 
