@@ -74,6 +74,16 @@ VLLM_BROKEN = {
                                                             "kv_rank": 0, "kv_parallel_size": 2,
                                                             "kv_buffer_device": "cuda", "kv_buffer_size": 1e9}),
                         "--disable-log-requests"], "validation errors for KVTransferConfig"),
+    # disagg-kvpool: MultiConnector children are validated like the top-level config
+    "multi-unknown-child": (_set_json_flag(VLLM_BASE, "--kv-transfer-config", {
+        "kv_connector": "MultiConnector", "kv_role": "kv_producer", "kv_connector_extra_config": {
+            "connectors": [LAB_KV, {"kv_connector": "LMCacheConnector", "kv_role": "kv_both"}]}}),
+        "Unsupported connector type: LMCacheConnector"),
+    "multi-bad-child-role": (_set_json_flag(VLLM_BASE, "--kv-transfer-config", {
+        "kv_connector": "MultiConnector", "kv_role": "kv_producer", "kv_connector_extra_config": {
+            "connectors": [LAB_KV, {"kv_connector": "LMCacheConnectorV1", "kv_role": "both"}]}}), "kv_role"),
+    "multi-no-children": (_set_json_flag(VLLM_BASE, "--kv-transfer-config", {
+        "kv_connector": "MultiConnector", "kv_role": "kv_producer"}), "MultiConnector needs"),
 }
 
 
@@ -102,7 +112,13 @@ def test_vllm_line_valid(vllm_report, line_id):
     assert p["tp"] == eng.tp
     want_role = {"prefill": "kv_producer", "decode": "kv_consumer"}.get(eng.role.value)
     assert p["kv_role"] == want_role
-    if want_role and dep.backend.value == "gpu":
+    if want_role and dep.backend.value == "gpu" and dep.kvpool is not None:
+        # NIXL for the hand-off first (it wins on D), then LMCache's shared pool (P loads and saves prefixes)
+        assert (p["kv_connector"], p["kv_role"]) == ("MultiConnector", want_role)
+        assert p["kv_children"] == [{"kv_connector": "NixlConnector", "kv_role": want_role},
+                                    {"kv_connector": "LMCacheConnectorV1", "kv_role": "kv_both"}]
+        assert p["kv_extra"]["connectors"][0]["kv_buffer_device"] == "cuda"
+    elif want_role and dep.backend.value == "gpu":
         assert (p["kv_connector"], p["kv_buffer_device"]) == ("NixlConnector", "cuda")
     if want_role and dep.backend.value == "cpu":
         assert p["kv_connector"] == "ExampleConnector" and p["kv_extra"]["shared_storage_path"]
@@ -128,6 +144,8 @@ SGLANG_BROKEN = {
                               "--disaggregation-transfer-backend: invalid choice: 'rdma'"),
     "bad-mode": (_replace(SG_BASE, "--disaggregation-mode", "both"), "--disaggregation-mode: invalid choice"),
     "disable-log-requests": ([*SG_BASE, "--disable-log-requests"], "unrecognized arguments"),
+    "hicache-backend-redis": (_replace(LINES["sglang-disagg-kvpool/prefill"].argv, "--hicache-storage-backend",
+                                       "redis"), "--hicache-storage-backend: invalid choice: 'redis'"),
 }
 
 
@@ -157,12 +175,21 @@ def test_sglang_line_valid(sglang_report, line_id):
         assert p["base_gpu_id"] == int(eng.cuda_devices)  # both GPUs visible; ours by ordinal
     else:
         assert p["disaggregation_mode"] == "null"
+    dep, _ = _engine(line_id)
+    if dep.kvpool is not None:  # HiCache on P, decode offload on D, both into the one Mooncake pool
+        assert p["page_size"] == 64 and p["hicache_storage_backend"] == "mooncake"
+        assert (p["hicache"], p["decode_offload"]) == ((True, False) if eng.role.value == "prefill" else (False, True))
+        extra = json.loads(p["hicache_storage_extra"])
+        assert extra["master_server_address"] == f"{SETTINGS.BIND_ADDRESS}:{SETTINGS.KVPOOL_PORT}"
+        assert extra["protocol"] == "tcp"
+    else:
+        assert not p["hicache"] and p["hicache_storage_backend"] is None
 
 
 @pytest.mark.sglang_parser
-@pytest.mark.parametrize("name", ["sglang-disagg", "sglang-1p2d", "sglang-2p1d"])
+@pytest.mark.parametrize("name", ["sglang-disagg", "sglang-1p2d", "sglang-2p1d", "sglang-disagg-kvpool"])
 def test_sglang_pd_engines_use_distinct_ports(sglang_report, name):
-    engines = [e.name for e in deployments()[name].engines]
+    engines = [e.name for e in deployments()[name].model_engines]
     parsed = [sglang_report.results[f"{name}/{n}"]["parsed"] for n in engines]
     assert len({p["nccl_port"] for p in parsed}) == len(engines)
     prefill_boot = [p["bootstrap_port"] for p in parsed if p["disaggregation_mode"] == "prefill"]

@@ -68,8 +68,9 @@ def test_servers_bind_the_configured_address(services):
             hosts = [opt(args, "--web-host"), opt(args, "--master-bind-host")]
         elif svc["labels"]["pdsuite.role"] == "kvpool" and "emulate" not in args:
             # LMCache server: `-m lmcache.v1.server HOST PORT cpu`; Mooncake master: --rpc_address=, --*_host=
+            binds = ("--rpc_address=", "--http_metadata_server_host=")
             hosts = ([args[args.index("lmcache.v1.server") + 1]] if "lmcache.v1.server" in args else
-                     [a.split("=", 1)[1] for a in args if a.startswith(("--rpc_address=", "--http_metadata_server_host="))])
+                     [a.split("=", 1)[1] for a in args if a.startswith(binds)])
             assert hosts, name
         else:  # engines and routers; routers also serve Prometheus on their own port
             hosts = [opt(args, "--host")] + [h for h in [opt(args, "--prometheus-host")] if h]
