@@ -109,7 +109,8 @@ def main() -> None:
             n = max(10, c * reps * 2)
             points.append(point(url, {}, f"concurrency={c}", {"kind": "concurrency", "concurrency": c}, 100 + k,
                                 tmp, num_requests=n))
-        for k, r in enumerate((10, 50, 100)):
+        # 10/50/100 req/s: send lag and overhead; 500/1000 req/s (16k/32k tokens/s offered): throughput per core
+        for k, r in enumerate((10, 50, 100, 500, 1000)):
             points.append(point(url, {}, f"rate={r}/s", {"kind": "poisson", "rate_rps": r}, 200 + k, tmp,
                                 duration_s=3.0 * reps))
         vllm = []

@@ -24,13 +24,16 @@ from gevent.pool import Group
 from locust import User, constant, events, task
 from locust.runners import MasterRunner, WorkerRunner
 
-from suite.load.client import Endpoint, request_body, stream_request
+from suite.load.client import Endpoint, Pending, follow, prepare, request_body, send
 from suite.load.prompts import PromptBuilder
 from suite.load.schedule import Planned, arrival_times, draw, plans, request_rng
 from suite.load.spec import LoadSpec
 from suite.schema import RequestRecord, Status
 
 log = logging.getLogger("pdsuite.load")
+PREPARE_AHEAD_S = 0.02  # connection taken (or opened) this long before a request's scheduled send
+FLUSH_EVERY_S = 0.25
+FLUSH_SLICE = 16  # records handled between two yields to the hub (stats events + dump + send: ~1 ms)
 REPLAN_BASE = 10_000_000  # request indices after a live rate change start at epoch * REPLAN_BASE
 
 
@@ -98,20 +101,29 @@ class _Worker:
         while self.now_s() < t_s:
             gevent.sleep(0)
 
+    def _prepare(self, p: Planned, body: bytes) -> Pending:
+        return prepare(self.ep, self.spec.api, body, request_id=f"{self.spec.seed}-{p.index}",
+                       request_class=p.request_class, input_tokens=p.input_tokens, max_tokens=p.max_tokens,
+                       scheduled_s=p.scheduled_s if p.scheduled_s is not None else 0.0,
+                       timeout_s=self.spec.request_timeout_s, worker=self.name)
+
     def _one(self, p: Planned, body: bytes) -> None:
-        """Hot path: send, follow the stream, keep the record. Dumping records and stats events wait for the
-        flusher (batched once a second), so they never run while other streams are waiting to be read."""
-        scheduled = p.scheduled_s if p.scheduled_s is not None else 0.0
+        pend = self._prepare(p, body)
+        send(pend, self.t0_ns)
+        self._follow(pend)
+
+    def _follow(self, pend: Pending) -> None:
+        """Hot path: follow the stream, keep the record. Dumping records and stats events wait for the flusher,
+        which yields between small batches, so it never keeps other streams waiting to be read for long."""
         try:
-            out = stream_request(self.ep, self.spec.api, body, request_id=f"{self.spec.seed}-{p.index}",
-                                 request_class=p.request_class, input_tokens=p.input_tokens, max_tokens=p.max_tokens,
-                                 scheduled_s=scheduled, t0_ns=self.t0_ns,
-                                 timeout_s=self.spec.request_timeout_s, worker=self.name)
+            with gevent.Timeout(self.spec.request_timeout_s, TimeoutError("request timed out")):
+                out = follow(pend, self.t0_ns, deadline=False)
         except gevent.GreenletExit:
-            self.pending.append(RequestRecord(
-                request_id=f"{self.spec.seed}-{p.index}", request_class=p.request_class, api=self.spec.api,
-                worker=self.name, input_tokens=p.input_tokens, max_tokens=p.max_tokens, scheduled_s=scheduled,
-                status=Status.CANCELLED, error="run stopped while in flight", done_s=self.now_s()))
+            rec = pend.out.record
+            rec.status, rec.error, rec.done_s = Status.CANCELLED, "run stopped while in flight", self.now_s()
+            if pend.sock is not None:
+                pend.sock.close()
+            self.pending.append(rec)
             raise
         self.pending.append(out.record)
         if out.emulated and not self.emulated:
@@ -153,9 +165,14 @@ class _Worker:
                     break
                 if epoch and p.index < REPLAN_BASE * epoch:  # a re-plan draws its own classes with the new mix
                     continue
-                body = self._body(p)  # built before the wait so it adds no send lag
+                # Body and connection are ready before the scheduled time, and this greenlet writes the request
+                # itself at that time: nothing else runs between the wake-up and the send.
+                body = self._body(p)
+                self._wait_until(p.scheduled_s - PREPARE_AHEAD_S)
+                pend = self._prepare(p, body)
                 self._wait_until(p.scheduled_s)
-                self.inflight.spawn(self._one, p, body)
+                send(pend, self.t0_ns)
+                self.inflight.spawn(self._follow, pend)
                 self.sent += 1
             if self.epoch == epoch or self.stopping:
                 break
@@ -203,16 +220,21 @@ class _Worker:
     # --- reporting ---------------------------------------------------------------------------------
     def _flusher(self) -> None:
         while True:
-            gevent.sleep(1.0)
-            self._flush()
+            gevent.sleep(FLUSH_EVERY_S)
+            self._flush(yielding=True)
 
-    def _flush(self) -> None:
-        if self.pending:
-            records, self.pending = self.pending, []
+    def _flush(self, yielding: bool = False) -> None:
+        """Stats events + records to the master, in slices. While streams are being read, yield between slices:
+        a reader held up for longer than one inter-token gap gets that token's packet merged with the next one by
+        the kernel, and both get the later arrival stamp."""
+        while self.pending:
+            records, self.pending = self.pending[:FLUSH_SLICE], self.pending[FLUSH_SLICE:]
             for r in records:
                 self._fire(r)
             batch = [r.model_dump(mode="json") for r in records]
             self._send("pd_records", {"run": self.run, "records": batch, "emulated": self.emulated})
+            if yielding:
+                gevent.sleep(0)
 
     def _send(self, kind: str, data) -> None:
         runner = self.env.runner
@@ -232,6 +254,7 @@ class _Master:
 
     def __init__(self) -> None:
         self.records: list[dict] = []
+        self.by_class: dict[str, dict[str, int]] = {}  # kept as records arrive: status polls must stay O(1)
         self.done: set[int] = set()
         self.workers = 0
         self.emulated = False
@@ -276,7 +299,7 @@ class _Master:
                    o.pd_itl_events == "on", self.run + 1)
 
     def begin(self, spec: LoadSpec, model: str, host: str, out: str, itl_events: bool, run: int) -> None:
-        self.run, self.out, self.records, self.done = run, out, [], set()
+        self.run, self.out, self.records, self.done, self.by_class = run, out, [], set(), {}
         self.emulated, self.finished, self.failure = False, False, None
         self.rate, self.mix, self.spec_used = spec.arrival.rate_rps, spec.shares(), spec
         msg = {"run": run, "spec": spec.model_dump(mode="json"), "model": model, "host": host,
@@ -315,6 +338,13 @@ class _Master:
             return  # late message from an earlier point
         if kind == "pd_records":
             self.records.extend(data["records"])
+            for r in data["records"]:
+                c = self.by_class.get(r["request_class"])
+                if c is None:
+                    c = self.by_class[r["request_class"]] = {"done": 0, "ok": 0, "error": 0, "timeout": 0,
+                                                             "cancelled": 0}
+                c["done"] += 1
+                c[r["status"]] += 1
             self.emulated = self.emulated or bool(data.get("emulated"))  # live, for the UI's marker
         elif kind == "pd_done":
             self.done.add(data["worker"])
@@ -341,11 +371,7 @@ class _Master:
             gevent.spawn_later(0.2, self.env.runner.quit)
 
     def status(self) -> dict:
-        by = {}
-        for r in self.records:
-            c = by.setdefault(r["request_class"], {"done": 0, "ok": 0, "error": 0, "timeout": 0, "cancelled": 0})
-            c["done"] += 1
-            c[r["status"]] += 1
+        by = {k: dict(v) for k, v in self.by_class.items()}
         runner = self.env.runner if self.env else None
         connected = len(self.worker_ids()) if isinstance(runner, MasterRunner) else 1
         return {"emulated": self.emulated, "rate_rps": self.rate, "mix": self.mix, "workers": self.workers,
