@@ -94,6 +94,12 @@ class LoadCluster:
         return None
 
     def start(self) -> None:
+        self.spawn()
+        self.wait_ready()
+
+    def spawn(self) -> None:
+        """Start the processes without waiting for the workers to connect (the runner does this while a deployment
+        loads); wait_ready() waits. start() = spawn() + wait_ready()."""
         from suite.load.testserver import free_port
 
         self.close()
@@ -110,6 +116,8 @@ class LoadCluster:
                            for _ in range(self.workers)]
         self.web = f"http://127.0.0.1:{web}"
         self.starts += 1
+
+    def wait_ready(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:
             dead = self.dead()

@@ -94,6 +94,36 @@ def _environment(ds: Dataset) -> str:
     return "".join(out)
 
 
+def _runner_time(ds: Dataset) -> str:
+    """Where each run's wall time went (manifest.json `timings`, see suite/runner/timing.py): the overhead budget
+    of issue 6 item 6 is < 5% of the wall time outside model load."""
+    from suite.runner.timing import DEFINITION, PHASES
+
+    out = []
+    for m in ds.manifests:
+        t = m.get("timings") or {}
+        if not t.get("wall_s"):
+            continue
+        base = t["wall_s"] - t.get("up_s", 0)
+        overhead = t.get("overhead_s", base - t.get("load_s", 0))  # runs before the breakdown: one total
+        ratio = overhead / base if base > 0 else 0.0
+        out.append(f"\n### {m.get('plan', '?')} / {m.get('stamp', '?')}\n\n")
+        out.append(f"Outside load generation: **{ratio:.1%}** of the wall time without model load "
+                   f"({overhead:.1f} s of {base:.1f} s; budget < 5%: {'met' if ratio < 0.05 else '**missed**'}). "
+                   f"Wall {t['wall_s']:.1f} s, model load (excluded) {t.get('up_s', 0):.1f} s, load "
+                   f"{t.get('load_s', 0):.1f} s over {t.get('points', '?')} points.\n\n")
+        rows = [(PHASES[k], t[k]) for k in PHASES if k in t]
+        if "other_s" in t:
+            rows.append(("other (between phases)", t["other_s"]))
+        if rows:
+            out.append("| overhead phase | s | share of wall without model load |\n|---|---|---|\n")
+            out += [f"| {what} | {v:.2f} | {f'{v / base:.1%}' if base > 0 else '-'} |\n" for what, v in rows]
+        out.append(f"\n_Definition: {t['definition']}._\n" if "definition" in t else
+                   "\n_Recorded before the per-phase accounting: load = whole load calls (lead-in and tail "
+                   f"included), so the figure is lower than today's definition gives ({DEFINITION})._\n")
+    return "".join(out) or "_no run timings in the manifests_\n"
+
+
 def write(ds: Dataset, t: Tables, name: str, out_root: str | Path) -> Path:
     out = Path(out_root) / name
     (out / "figures").mkdir(parents=True, exist_ok=True)
@@ -204,6 +234,8 @@ def _markdown(ds: Dataset, t: Tables, name: str, figs: list[str], csvs: dict, kv
     p.append(kv_md)
     p.append("\n## Figures\n")
     p += [f"\n### {FIG_TITLES.get(f, f)}\n\n![{f}](figures/{f}.png)\n" for f in figs]
+    p.append("\n## Runner time\n")
+    p.append(_runner_time(ds))
     p.append("\n## Environment\n")
     p.append(_environment(ds))
     p.append("\n## Data\n")

@@ -5,7 +5,8 @@ Guarantees:
   crash or Ctrl-C never leaves a half point that looks complete; `--resume` skips finished points;
 - a dead engine or router fails the point with its last log lines, the deployment's remaining points are
   recorded as failed, and the plan continues or stops per `on_failure`; `down` always runs;
-- time outside load generation is measured (timings in manifest.json) so the overhead budget can be checked.
+- time outside load generation is measured per phase (manifest.json `timings`; definitions in
+  suite/runner/timing.py) so the overhead budget can be checked; the report shows it.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from suite.config import Settings
 from suite.deploy.catalog import get as get_deployment
 from suite.plan import Plan
 from suite.runner.drivers import DeployError, Driver, make_driver
+from suite.runner.timing import Timings, load_window, split_call
 from suite.schema import PointResult, RunManifest, Workload
 
 LOG_TAIL = 40
@@ -39,25 +41,6 @@ def write_json(path: Path, data: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, default=str))
     os.replace(tmp, path)
-
-
-@dataclass
-class Timings:
-    up_s: float = 0.0  # deployment start incl. model load (excluded from the overhead budget)
-    warmup_s: float = 0.0
-    load_s: float = 0.0  # inside load generation
-    scrape_s: float = 0.0
-    down_s: float = 0.0
-    wall_s: float = 0.0
-
-    @property
-    def overhead_ratio(self) -> float:
-        """Share of the plan's wall time (model load excluded) spent outside load generation."""
-        base = self.wall_s - self.up_s
-        return 0.0 if base <= 0 else (base - self.load_s) / base
-
-    def as_dict(self) -> dict:
-        return self.__dict__ | {"overhead_ratio": round(self.overhead_ratio, 4)}
 
 
 @dataclass
@@ -113,9 +96,8 @@ def run_plan(plan: Plan, settings: Settings, out_root: Path, *, backend: str | N
         status = "complete" if ok == total else ("partial" if ok else "failed")
         data = json.loads((out / "manifest.json").read_text())
         prev = data.get("timings", {})
-        t = state.timings.as_dict()
-        if prev:  # a resumed run adds to what earlier attempts measured
-            t = {k: (prev.get(k, 0) + v if k != "overhead_ratio" else v) for k, v in t.items()}
+        # a resumed run adds to what earlier attempts measured
+        t = (Timings.merged(prev, state.timings) if prev else state.timings).as_dict()
         try:
             write_json(out / "manifest.json", data | {"status": status, "ended_at": now(), "timings": t,
                                                       "failed_points": state.failed, "fatal": state.fatal})
@@ -130,43 +112,57 @@ def _run_deployment(plan: Plan, settings: Settings, name: str, todo: list, out: 
     dep_dir = out / name
     dep_dir.mkdir(parents=True, exist_ok=True)
     from suite.config import ConfigError
-    from suite.load.cluster import LoadCluster
+    from suite.load.cluster import ClusterError, LoadCluster
     from suite.load.resolve import resolve_spec
     from suite.load.spec import LoadSpec
 
     driver = make_driver(driver_kind, name, settings, dep_dir / "logs")
+    tm = state.timings
     t0 = time.monotonic()
+    # One Locust master + workers for the warm-up and every point, kept for the plan's next deployment. When none
+    # is parked yet, its processes start while the deployment loads; only the wait after `up` is overhead.
+    cluster = LoadCluster(driver.endpoint, settings.MODEL, workers, log_dir=dep_dir / "logs", keep=True)
     try:
-        progress(f"{name}: starting")
-        try:
-            for _label, spec, _rep in todo:  # prompt form and tokenizer fit the deployment, or fail before up
-                resolve_spec(LoadSpec(**spec), name, settings)
-        except (ConfigError, ValueError) as e:
-            why = f"load spec does not fit {name}: {str(e).splitlines()[0]}"
-            for label, _spec, rep in todo:
-                _write_failed(plan, settings, name, label, rep, out, why, {})
-                state.failed.append(f"{name}/{label}/rep{rep}")
-                state.done += 1
-            return plan.on_failure == "stop"
-        try:
+        with cluster:
+            progress(f"{name}: starting")
+            try:
+                for _label, spec, _rep in todo:  # prompt form and tokenizer fit the deployment, or fail before up
+                    resolve_spec(LoadSpec(**spec), name, settings)
+            except (ConfigError, ValueError) as e:
+                why = f"load spec does not fit {name}: {str(e).splitlines()[0]}"
+                for label, _spec, rep in todo:
+                    _write_failed(plan, settings, name, label, rep, out, why, {})
+                    state.failed.append(f"{name}/{label}/rep{rep}")
+                    state.done += 1
+                return plan.on_failure == "stop"
             driver.down()  # a leftover stack from a crashed run would hold the ports
-            driver.up(plan.up_timeout_s)
-        except DeployError as e:
-            for label, _spec, rep in todo:
-                _write_failed(plan, settings, name, label, rep, out, f"deployment did not start: {e}", {})
-                state.failed.append(f"{name}/{label}/rep{rep}")
-                state.done += 1
-            return plan.on_failure == "stop"
-        finally:
-            state.timings.up_s += time.monotonic() - t0
-        # one Locust master + workers for the warm-up and every point, kept for the plan's next deployment
-        # (starts lazily, on the first load)
-        with LoadCluster(driver.endpoint, settings.MODEL, workers, log_dir=dep_dir / "logs", keep=True):
+            tm.cleanup_s += time.monotonic() - t0
+            t_up = time.monotonic()
+            if not cluster.procs:  # no cluster parked yet: its processes start while the deployment loads
+                cluster.spawn()
+            try:
+                driver.up(plan.up_timeout_s)
+            except DeployError as e:
+                for label, _spec, rep in todo:
+                    _write_failed(plan, settings, name, label, rep, out, f"deployment did not start: {e}", {})
+                    state.failed.append(f"{name}/{label}/rep{rep}")
+                    state.done += 1
+                return plan.on_failure == "stop"
+            finally:
+                tm.up_s += time.monotonic() - t_up
+            t_ready = time.monotonic()
+            if cluster.procs:  # what Locust's start takes beyond the deployment's start is overhead
+                try:
+                    cluster.wait_ready()
+                except ClusterError:
+                    cluster.close()  # the first load starts it again and fails that point with the reason
+            tm.cluster_start_s += time.monotonic() - t_ready
+
             t1 = time.monotonic()
             if plan.warmup_requests:
                 progress(f"{name}: warm-up")
                 _warmup(plan, settings, driver, todo[0][1], dep_dir, workers)
-            state.timings.warmup_s += time.monotonic() - t1
+            tm.warmup_s += time.monotonic() - t1
 
             broken = None
             for label, spec, rep in todo:
@@ -190,7 +186,7 @@ def _run_deployment(plan: Plan, settings: Settings, name: str, todo: list, out: 
         t2 = time.monotonic()
         _save_logs(driver, dep_dir / "logs")
         driver.down()
-        state.timings.down_s += time.monotonic() - t2
+        tm.down_s += time.monotonic() - t2
 
 
 def _point_result(plan: Plan, settings: Settings, name: str, label: str, rep: int, spec: dict,
@@ -214,6 +210,7 @@ def _run_point(plan: Plan, settings: Settings, driver: Driver, name: str, label:
     from suite.load.resolve import resolve_spec
     from suite.load.spec import LoadSpec
 
+    t_point = time.monotonic()
     final = out / name / label / f"rep{rep}"
     tmp = final.with_name(final.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -221,16 +218,23 @@ def _run_point(plan: Plan, settings: Settings, driver: Driver, name: str, label:
     result = _point_result(plan, settings, name, label, rep, spec, driver)
     urls = {s.name: s.metrics_url for s in driver.services}
     failure = None
+    pt = {"scrape_before_s": 0.0, "lead_s": 0.0, "first_arrival_s": 0.0, "load_window_s": 0.0, "tail_s": 0.0,
+          "scrape_after_s": 0.0}
     try:
         t = time.monotonic()
         snapshot(urls, tmp / "metrics" / "before")
-        state.timings.scrape_s += time.monotonic() - t
-        t = time.monotonic()
+        pt["scrape_before_s"] = time.monotonic() - t
         load_spec = resolve_spec(LoadSpec(**spec), name, settings)  # framework's prompt form, tokenizer
-        summary = run_load(driver.endpoint, settings.MODEL, load_spec, tmp, workers=workers,
-                           timeout_s=plan.point_timeout_s)
-        result.load_wall_s = time.monotonic() - t
-        state.timings.load_s += result.load_wall_s
+        t, t_wall = time.monotonic(), time.time()
+        try:
+            summary = run_load(driver.endpoint, settings.MODEL, load_spec, tmp, workers=workers,
+                               timeout_s=plan.point_timeout_s)
+        finally:  # the load window comes from the records: first send -> last response (see timing.py)
+            call_s = time.monotonic() - t
+            pt["lead_s"], pt["first_arrival_s"], pt["load_window_s"], pt["tail_s"] = split_call(
+                t_wall, call_s, load_window(tmp))
+            pt["load_call_s"] = call_s
+            result.load_wall_s = pt["load_window_s"] or call_s
         result.native["load_summary"] = _as_dict(summary) | {"records": "requests.parquet"}  # relative: dir moves
         if getattr(summary, "failure", None):
             raise RuntimeError(summary.failure)
@@ -239,12 +243,19 @@ def _run_point(plan: Plan, settings: Settings, driver: Driver, name: str, label:
                                f"{summary.timeouts} timeouts): see requests.parquet")
         t = time.monotonic()
         snapshot(urls, tmp / "metrics" / "after")
-        state.timings.scrape_s += time.monotonic() - t
+        pt["scrape_after_s"] = time.monotonic() - t
     except KeyboardInterrupt:
         shutil.rmtree(tmp, ignore_errors=True)  # an interrupted point is re-run on resume
         raise
     except Exception as e:  # load or scrape broke: record it, keep going
         failure = f"{type(e).__name__}: {e}".splitlines()[0]
+    finally:
+        tm = state.timings
+        tm.scrape_s += pt["scrape_before_s"] + pt["scrape_after_s"]
+        tm.point_lead_s += pt["lead_s"]
+        tm.first_arrival_s += pt["first_arrival_s"]
+        tm.load_s += pt["load_window_s"]
+        tm.point_tail_s += pt["tail_s"]
     dead = driver.dead()
     if dead:
         failure = f"{dead[0]} died during the point" + (f" ({failure})" if failure else "")
@@ -253,8 +264,13 @@ def _run_point(plan: Plan, settings: Settings, driver: Driver, name: str, label:
     result.status = "failed" if failure else "ok"
     result.failure = failure
     result.ended_at = now()
+    result.native["timings"] = {k: round(v, 4) for k, v in pt.items()}
     write_json(tmp / "point.json", result.model_dump(mode="json"))
     os.replace(tmp, final)
+    # everything of the point that was neither scrape nor load call: spec, liveness check, point.json, rename
+    state.timings.check_s += (time.monotonic() - t_point - pt["scrape_before_s"] - pt["scrape_after_s"]
+                              - pt.get("load_call_s", 0.0))
+    state.timings.points += 1
     return failure is None, failure
 
 
@@ -276,12 +292,12 @@ def _warmup(plan: Plan, settings: Settings, driver: Driver, spec: dict, dep_dir:
     from suite.load.resolve import resolve_spec
     from suite.load.spec import LoadSpec
 
-    # Short outputs: the warm-up is for first-request costs (connections, NIXL handshake, graphs), and long decodes
-    # here would only add time outside the measured points.
+    # Short outputs and (up to 8) requests at once: the warm-up is for first-request costs (connections, NIXL
+    # handshake, graphs), and long decodes or requests queued behind each other would only add overhead.
     classes = {k: c | {"output": {"min": min(c["output"]["min"], 8), "max": min(c["output"]["max"], 8)}}
                for k, c in LoadSpec(**spec).model_dump(mode="json")["classes"].items()}
-    warm = spec | {"arrival": {"kind": "concurrency", "concurrency": 2}, "num_requests": plan.warmup_requests,
-                   "duration_s": None, "classes": classes}
+    warm = spec | {"arrival": {"kind": "concurrency", "concurrency": min(plan.warmup_requests, 8)},
+                   "num_requests": plan.warmup_requests, "duration_s": None, "classes": classes}
     wdir = dep_dir / "warmup"
     wdir.mkdir(exist_ok=True)
     try:

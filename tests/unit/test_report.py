@@ -100,3 +100,21 @@ def test_html_banner_tables_and_units(tmp_path):
     md = (out / "report.md").read_text()
     assert "| mean ms | mean MB | prompt tokens | achieved GB/s |" in md and "e+" not in md.split("## KV")[1][:800]
     assert "### Server-side time per request" in md and "### server_breakdown" not in md
+
+
+def test_runner_time_section_shows_overhead_and_phases(tmp_path):
+    from suite.runner.timing import Timings
+
+    tree = make_tree(tmp_path / "res" / "s1", deployments=(("vllm", "colocated"),), rates=(2.0,), reps=1,
+                     n_per_rep=20, metrics=False)
+    m = json.loads((tree / "manifest.json").read_text())
+    t = Timings(up_s=20, load_s=72, warmup_s=3, point_lead_s=4, scrape_s=0.5, down_s=0.5, wall_s=100, points=16)
+    (tree / "manifest.json").write_text(json.dumps(m | {"timings": t.as_dict()}))
+    r = _report(tree, "--name", "rt", "--out", tmp_path, "--bootstrap", "50")
+    assert r.exit_code == 0, r.output
+    md = (tmp_path / "rt" / "report.md").read_text()
+    section = md.split("## Runner time")[1].split("## Environment")[0]
+    assert "**10.0%**" in section and "8.0 s of 80.0 s" in section and "**missed**" in section
+    assert "| warm-up requests | 3.00 | 3.8% |" in section  # 3 s of the 80 s outside model load
+    assert "| point lead-in" in section and "first request sent" in section
+    assert "<b>10.0%</b>" in (tmp_path / "rt" / "index.html").read_text()

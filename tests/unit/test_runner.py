@@ -8,6 +8,7 @@ import pytest
 import suite.load
 import suite.scrape
 from suite.config import Settings
+from suite.load.cluster import LoadCluster
 from suite.plan import Plan
 from suite.runner import drivers
 from suite.runner.drivers import DeployError, Driver
@@ -64,6 +65,7 @@ def fakes(monkeypatch):
     monkeypatch.setitem(drivers.DRIVERS, "fake", FakeDriver)
     monkeypatch.setitem(vars(suite.load), "run_load", FakeLoad.run)
     monkeypatch.setattr(suite.scrape, "snapshot", lambda urls, out, timeout=5.0: Path(out).mkdir(parents=True))
+    monkeypatch.setattr(LoadCluster, "spawn", lambda self: None)  # no Locust processes: run_load is faked
 
 
 def plan(**kw) -> Plan:
