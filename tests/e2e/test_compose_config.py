@@ -21,6 +21,7 @@ PROFILES = [*deployments(), "locust"]
 GENERATED = yaml.safe_load(render())["services"]
 GPU_IDS = {  # host GPU ids each engine reserves, with PREFILL_GPU=2 DECODE_GPU=3
     Topology.DISAGG: {"prefill": ["2", "3"], "decode": ["2", "3"]},
+    Topology.DISAGG_KVPOOL: {"prefill": ["2", "3"], "decode": ["2", "3"]},  # the pool service reserves no GPU
     Topology.TP2: {"engine": ["2", "3"]},
     Topology.COLOCATED: {"engine": ["2"]},
     Topology.DP2: {"replica0": ["2"], "replica1": ["3"]},
@@ -28,7 +29,7 @@ GPU_IDS = {  # host GPU ids each engine reserves, with PREFILL_GPU=2 DECODE_GPU=
     Topology.P2D1: {"prefill0": ["2", "3", "4"], "decode": ["2", "3", "4"], "prefill1": ["2", "3", "4"]},
 }
 ENV = {"PREFILL_GPU": "2", "DECODE_GPU": "3", "THIRD_GPU": "4", "ENDPOINT_PORT": "9000", "ENGINE_A_PORT": "9100",
-       "ENGINE_B_PORT": "9200", "ENGINE_C_PORT": "9300", "BIND_ADDRESS": "127.0.0.2"}
+       "ENGINE_B_PORT": "9200", "ENGINE_C_PORT": "9300", "BIND_ADDRESS": "127.0.0.2", "KVPOOL_PORT": "9400"}
 
 
 def config(compose, profile: str, **env: str) -> dict:
@@ -49,7 +50,11 @@ def test_profile_resolves_to_its_services(compose, profile):
 def test_gpu_profile_device_ids_and_ports(compose, profile):
     dep = deployments()[profile]
     services = config(compose, profile, **ENV)
-    for eng in dep.engines:
+    if dep.kvpool is not None:  # the pool: no GPU, binds the configured address, its own port
+        pool = services[dep.service(dep.kvpool.name)]
+        assert "deploy" not in pool and pool["network_mode"] == "host"
+        assert "127.0.0.2" in " ".join(pool["command"]) and "9400" in " ".join(pool["command"])
+    for eng in dep.model_engines:
         svc = services[dep.service(eng.name)]
         devices = svc["deploy"]["resources"]["reservations"]["devices"]
         assert [d["device_ids"] for d in devices] == [GPU_IDS[dep.topology][eng.name]], eng.name
