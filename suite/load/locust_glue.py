@@ -1,7 +1,8 @@
 """Locust glue: central open-loop schedule split across workers, closed loop, per-class live stats, records.
 
 How a run goes (master + N workers, or one local process):
-  master test_start -> "pd_start" to worker k of N: {spec, model, host, t0 (wall clock), k, N}
+  master test_start -> "pd_start" to worker k of N: {spec, model, host, k, N}; each worker sets up and answers
+  "pd_ready"; when all have, the master sends "pd_go" {t0 (wall clock), GO_DELAY_S ahead}
   worker: dispatcher greenlet sends its share of the schedule (plans k, k+N, ...) at the scheduled times, each request
           in its own greenlet (open loop: never waits for responses), or runs its share of the closed-loop streams;
           fires per-class stats rows (TTFT/ITL/TPOT/E2E <class>, send lag) and sends records to the master every second
@@ -50,6 +51,7 @@ class _Worker:
         self.epoch = 0
         self.stopping = False
         self.run = 0  # the point this worker is loading (records and pd_done carry it)
+        self.ready_run = -1  # the point it is set up for and waiting to start (pd_go)
         self.ep: Endpoint | None = None
 
     # --- setup -----------------------------------------------------------------------------------
@@ -67,12 +69,20 @@ class _Worker:
                 self.ep.close()
             self.ep = Endpoint(msg["host"])
         self.name = f"w{self.index}"
-        self.t0_ns = time.monotonic_ns() + int((msg["t0_wall"] - time.time()) * 1e9)
         s = self.spec
         self.builder = PromptBuilder(s.api, s.tokenizer, s.seed, s.shared_prefix_tokens, s.token_id_range,
                                      text=s.text_prompts)
+        self.ready_run = self.run
+        self._send("pd_ready", {"run": self.run, "worker": self.index})
+
+    def go(self, data: dict) -> None:
+        """Every worker is ready: start on the shared clock (t0, wall time)."""
+        if data.get("run") != self.run or self.ready_run != self.run or self.stopping:
+            return
+        self.ready_run = -1
+        self.t0_ns = time.monotonic_ns() + int((data["t0_wall"] - time.time()) * 1e9)
         self.greenlets.spawn(self._flusher)
-        main = self._closed_loop if s.arrival.kind == "concurrency" else self._open_loop
+        main = self._closed_loop if self.spec.arrival.kind == "concurrency" else self._open_loop
         self.greenlets.spawn(self._run, main)
 
     def stop(self, cancel: bool = True) -> None:
@@ -250,7 +260,7 @@ class _Master:
     A point starts from the web UI's swarm (test_start) or from the control route POST /pdsuite/run (LoadCluster);
     messages carry the point's run id, so records arriving late from an earlier point never mix into this one."""
 
-    T0_DELAY_S = 0.3  # workers get the schedule's t0 this far ahead, so all start on the same clock
+    GO_DELAY_S = 0.02  # once all workers are set up, t0 is this far ahead: a message's way to a worker, with room
 
     def __init__(self) -> None:
         self.records: list[dict] = []
@@ -300,11 +310,12 @@ class _Master:
 
     def begin(self, spec: LoadSpec, model: str, host: str, out: str, itl_events: bool, run: int) -> None:
         self.run, self.out, self.records, self.done, self.by_class = run, out, [], set(), {}
+        self.ready = set()
         self.emulated, self.finished, self.failure = False, False, None
         self.rate, self.mix, self.spec_used = spec.arrival.rate_rps, spec.shares(), spec
         msg = {"run": run, "spec": spec.model_dump(mode="json"), "model": model, "host": host,
-               "t0_wall": time.time() + self.T0_DELAY_S, "itl_events": itl_events}
-        self.started_at = msg["t0_wall"]
+               "itl_events": itl_events}
+        self.started_at = 0.0
         runner = self.env.runner
         if isinstance(runner, MasterRunner):
             ids = self.worker_ids()
@@ -336,7 +347,18 @@ class _Master:
     def on_message(self, kind: str, data) -> None:
         if data.get("run", 0) != self.run or self.finished:
             return  # late message from an earlier point
-        if kind == "pd_records":
+        if kind == "pd_ready":
+            self.ready.add(data["worker"])
+            if len(self.ready) >= self.workers and not self.started_at:
+                self.started_at = time.time() + self.GO_DELAY_S
+                go = {"run": self.run, "t0_wall": self.started_at}
+                runner = self.env.runner
+                if isinstance(runner, MasterRunner):
+                    for cid in self.worker_ids():
+                        runner.send_message("pd_go", go, client_id=cid)
+                else:
+                    WORKER.go(go)
+        elif kind == "pd_records":
             self.records.extend(data["records"])
             for r in data["records"]:
                 c = self.by_class.get(r["request_class"])
@@ -417,11 +439,13 @@ def _init(environment, **_kw) -> None:
     runner = environment.runner
     if isinstance(runner, WorkerRunner):
         runner.register_message("pd_start", lambda msg, **kw: WORKER.start(environment, msg.data))
+        runner.register_message("pd_go", lambda msg, **kw: WORKER.go(msg.data))
         runner.register_message("pd_rate", lambda msg, **kw: _set_live(msg.data))
         runner.register_message("pd_abort", lambda msg, **kw: WORKER.abort(msg.data))
         return
     MASTER.env = environment
     if isinstance(runner, MasterRunner):
+        runner.register_message("pd_ready", lambda msg, **kw: MASTER.on_message("pd_ready", msg.data))
         runner.register_message("pd_records", lambda msg, **kw: MASTER.on_message("pd_records", msg.data))
         runner.register_message("pd_done", lambda msg, **kw: MASTER.on_message("pd_done", msg.data))
     if environment.web_ui:
