@@ -1,5 +1,6 @@
 """Torch-free pieces of the probe: op layouts per pattern, timing statistics, and the summary of a result
-(copy peak, coalesced vs copy, per-layer overhead, a latency + bandwidth fit of the coalesced sends)."""
+(copy peak, coalesced vs copy for NCCL and NIXL, per-layer overhead, a latency + bandwidth fit of the coalesced
+sends)."""
 
 from __future__ import annotations
 
@@ -62,17 +63,23 @@ def fit_link(points: list[dict]) -> dict | None:
     return {"latency_us": intercept * 1e6, "bandwidth_gbps": 1 / slope / 1e9, "points": len(pts)}
 
 
+def _vs_copy(rows: list[dict], copy: list[dict], peak: float | None) -> list[dict]:
+    """Coalesced rows against the copy baseline: the copy of the nearest size, and the copy peak."""
+    out = []
+    for p in sorted((p for p in rows if p["pattern"] == "coalesced" and "gbps" in p), key=lambda p: p["tokens"]):
+        near = _nearest_copy_gbps(copy, p["bytes"])
+        out.append({"tokens": p["tokens"], "bytes": p["bytes"], "gbps": p["gbps"],
+                    "copy_gbps_same_size": near, "ratio_same_size": p["gbps"] / near if near else None,
+                    "ratio_peak": p["gbps"] / peak if peak else None})
+    return out
+
+
 def summarize(result: dict, big_bytes: int = 256 * 10**6, target_ratio: float = 0.95) -> dict:
     copy = result.get("copy") or []
     p2p = [p for p in result.get("p2p", []) if "median_ms" in p]
     by = {(p["pattern"], p["tokens"]): p for p in p2p}
     peak = max((c["gbps"] for c in copy), default=None)
-    vs_copy = []
-    for p in sorted((p for p in p2p if p["pattern"] == "coalesced"), key=lambda p: p["tokens"]):
-        near = _nearest_copy_gbps(copy, p["bytes"])
-        vs_copy.append({"tokens": p["tokens"], "bytes": p["bytes"], "gbps": p["gbps"],
-                        "copy_gbps_same_size": near, "ratio_same_size": p["gbps"] / near if near else None,
-                        "ratio_peak": p["gbps"] / peak if peak else None})
+    vs_copy = _vs_copy(p2p, copy, peak)
     big = [v for v in vs_copy if v["bytes"] >= big_bytes and v["ratio_peak"] is not None]
     overhead = []
     for (pattern, tokens), p in sorted(by.items(), key=lambda kv: (kv[0][0], kv[0][1])):
@@ -82,6 +89,13 @@ def summarize(result: dict, big_bytes: int = 256 * 10**6, target_ratio: float = 
         extra = p["median_ms"] - base["median_ms"]
         overhead.append({"pattern": pattern, "tokens": tokens, "ops": p["ops"], "extra_ms": extra,
                          "extra_us_per_op": extra * 1e3 / max(p["ops"] - 1, 1)})
+    # NIXL (D READs from P in another process): the same comparison; a point whose bytes were wrong meets nothing
+    nixl_rows = [r for r in (result.get("nixl") or {}).get("results") or [] if "median_ms" in r]
+    nixl_vs = _vs_copy(nixl_rows, copy, peak)
+    bad = {r["tokens"] for r in nixl_rows if r["pattern"] == "coalesced" and r.get("data_ok") is False}
+    for v in nixl_vs:
+        v["data_ok"] = v["tokens"] not in bad
+    nixl_big = [v for v in nixl_vs if v["bytes"] >= big_bytes and v["ratio_peak"] is not None]
     return {
         "copy_peak_gbps": peak,
         "coalesced_vs_copy": vs_copy,
@@ -90,4 +104,11 @@ def summarize(result: dict, big_bytes: int = 256 * 10**6, target_ratio: float = 
         "target": {"min_bytes": big_bytes, "ratio": target_ratio},
         "overhead_vs_coalesced": overhead,
         "link_fit_coalesced": fit_link([p for p in p2p if p["pattern"] == "coalesced"]),
+        "nixl_coalesced_vs_copy": nixl_vs,
+        "nixl_big_min_ratio_same_size": min((v["ratio_same_size"] for v in nixl_big
+                                             if v["ratio_same_size"] is not None), default=None),
+        "nixl_big_min_ratio_peak": min((v["ratio_peak"] for v in nixl_big), default=None),
+        "nixl_big_meets_target": (all(v["ratio_peak"] >= target_ratio and v["data_ok"] for v in nixl_big)
+                                  if nixl_big else None),
+        "link_fit_nixl_coalesced": fit_link([r for r in nixl_rows if r["pattern"] == "coalesced"]),
     }

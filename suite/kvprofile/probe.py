@@ -64,6 +64,7 @@ class ProbeOptions:
     prefill_tokens: tuple[int, ...] = (128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
     prefill_iters: int = 5
     nixl: bool = True
+    nixl_point_s: float = 20.0  # NIXL: stop a point after this many seconds of samples (marked truncated)
     timeout_s: float = 900.0
     nccl_env: tuple[tuple[str, str], ...] = ()  # (name, value) set for the workers, e.g. NCCL_P2P_NVL_CHUNKSIZE
     stream_repeats: int = 0  # > 0: also K coalesced sends back to back per point (no ack subtraction needed)
@@ -483,10 +484,14 @@ def render(r: dict) -> str:
     nixl = r.get("nixl")
     if nixl:
         out += ["", f"NIXL: {nixl.get('note', '')}"]
+        if nixl.get("ucx_transports"):
+            out.append(f"UCX transports for the reads: {', '.join(nixl['ucx_transports'])}")
         if nixl.get("results"):
-            out.append(table(["pattern", "tokens", "descs", "median ms", "p99 ms", "GB/s"],
-                             [[x["pattern"], x["tokens"], x["ops"], f"{x['median_ms']:.3f}", f"{x['p99_ms']:.3f}",
-                               f"{x['gbps']:.1f}"] for x in nixl["results"] if "median_ms" in x]))
+            vs = {v["tokens"]: v for v in r["summary"].get("nixl_coalesced_vs_copy") or []}
+            out.append(table(["pattern", "tokens", "bytes", "descs", "median ms", "p99 ms", "GB/s", "% copy same size",
+                              "% copy peak", "data", "note"], [_nixl_row(x, vs) for x in nixl["results"]]))
+        if nixl.get("warning"):
+            out += [f"WARNING: {nixl['warning']}"]
     pf = r.get("prefill")
     if pf and pf.get("points"):
         out += ["", f"pure prefill ({pf['method']})",
@@ -502,4 +507,29 @@ def render(r: dict) -> str:
     fit = s.get("link_fit_coalesced")
     if fit:
         out.append(f"coalesced fit: {fit['latency_us']:.1f} us + bytes / {fit['bandwidth_gbps']:.1f} GB/s")
+    if s["copy_peak_gbps"] and s.get("nixl_coalesced_vs_copy"):
+        verdict = {True: "meets", False: "MISSES", None: "n/a for"}[s["nixl_big_meets_target"]]
+        low, same = s["nixl_big_min_ratio_peak"], s["nixl_big_min_ratio_same_size"]
+        out.append(f"NIXL coalesced >= {s['target']['min_bytes'] / 1e6:.0f} MB: worst "
+                   f"{'-' if low is None else f'{low:.1%}'} of copy peak, "
+                   f"{'-' if same is None else f'{same:.1%}'} of the same-size copy ({verdict} the "
+                   f"{s['target']['ratio']:.0%} target)")
+        nfit = s.get("link_fit_nixl_coalesced")
+        if nfit:
+            out.append(f"NIXL coalesced fit: {nfit['latency_us']:.1f} us + bytes / {nfit['bandwidth_gbps']:.1f} GB/s")
     return "\n".join(out)
+
+
+def _pct(x) -> str:
+    return "-" if x is None else f"{x:.1%}"
+
+
+def _nixl_row(x: dict, vs: dict) -> list:
+    head = [x["pattern"], x["tokens"], si_bytes(x["bytes"]), x["ops"]]
+    if "median_ms" not in x:
+        return [*head, "-", "-", "-", "-", "-", "-", x.get("skipped", "")]
+    v = vs.get(x["tokens"]) if x["pattern"] == "coalesced" else None
+    return [*head, f"{x['median_ms']:.3f}", f"{x['p99_ms']:.3f}", f"{x['gbps']:.1f}",
+            _pct(v and v["ratio_same_size"]), _pct(v and v["ratio_peak"]),
+            {True: "ok", False: "WRONG", None: "?"}[x.get("data_ok")],
+            f"truncated: {x['n']} samples" if x.get("truncated") else ""]
