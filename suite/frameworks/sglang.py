@@ -111,7 +111,7 @@ class SGLang(Framework):
 
     def setup_services(self, dep: Deployment) -> dict[str, dict]:
         """disagg-kvpool: one-shot check that the image has Mooncake (store client and mooncake_master) and, with
-        the nixl transfer backend, NIXL. Named nixl-check like vLLM's: the runner expects that one-shot name."""
+        the nixl transfer backend, NIXL (the runner knows one-shot checks by their `pdsuite.role: setup` label)."""
         if dep.backend is not Backend.GPU or dep.kvpool is None:
             return {}
         check = ("import importlib.util as u, os, shutil, sys; bad = []; "
@@ -121,8 +121,8 @@ class SGLang(Framework):
                  "else []; bad += ['mooncake_master on PATH'] if shutil.which('mooncake_master') is None else []; "
                  "print('MISSING: ' + ', '.join(bad) + ' (docs/gpu-runbook.md)' if bad else "
                  "'mooncake ok' + (', nixl ok' if nixl else '')); sys.exit(1 if bad else 0)")
-        return {"nixl-check": {"entrypoint": ["python3", "-c", check],
-                               "environment": {"SGLANG_TRANSFER_BACKEND": "${SGLANG_TRANSFER_BACKEND}"}}}
+        return {"mooncake-check": {"entrypoint": ["python3", "-c", check],
+                                   "environment": {"SGLANG_TRANSFER_BACKEND": "${SGLANG_TRANSFER_BACKEND}"}}}
 
     def parser_argv(self, argv: list[str], local_model: str) -> list[str]:
         return argv  # prepare_server_args does not read the model

@@ -94,7 +94,7 @@ class ComposeDriver(Driver):
         r = self._compose("ps", "-a", "--format", "json", timeout=30)
         rows = [json.loads(line) for line in r.stdout.splitlines() if line.strip().startswith("{")]
         return [row["Service"] for row in rows if row.get("State") != "running"
-                and not row["Service"].endswith("-nixl-check")]
+                and "pdsuite.role=setup" not in row.get("Labels", "")]  # one-shot checks exit by design
 
     def logs(self, service: str, tail: int = 50) -> str:
         return self._compose("logs", "--no-color", "--tail", str(tail), service, timeout=30).stdout

@@ -84,9 +84,9 @@ def test_sglang_gpu_lines_hicache_mooncake():
     pool = argv(svcs[dep.service("pool")])
     assert pool[0] == "mooncake_master" and "--rpc_port=${KVPOOL_PORT}" in pool
     assert "--rpc_address=${BIND_ADDRESS}" in pool
-    check = svcs[dep.service("nixl-check")]
+    check = svcs[dep.service("mooncake-check")]
     assert "mooncake_master" in check["entrypoint"][-1]
-    assert "sglang-disagg-nixl-check" not in deployment_services(deployments()["sglang-disagg"])
+    assert "sglang-disagg-mooncake-check" not in deployment_services(deployments()["sglang-disagg"])
 
 
 @pytest.mark.parametrize("fw, block", [("vllm", "256"), ("sglang", "64")])
