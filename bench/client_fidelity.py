@@ -38,9 +38,17 @@ CLASSES = {"bench": {"input": {"min": 16, "max": 16}, "output": {"min": OUT_TOKE
 def point(url: str, stamps: dict, label: str, arrival: dict, seed: int, tmp: Path, **kw) -> dict:
     spec = load_spec({"classes": CLASSES, "mix": {"bench": 1}, "arrival": arrival, "seed": seed, **kw})
     out = tmp / label.replace("/", "_")
+    cpu0 = _cpu_s(CLUSTER.procs[1].pid)
     s = CLUSTER.run(spec, out, timeout_s=120)
+    kw_cpu = _cpu_s(CLUSTER.procs[1].pid) - cpu0
     df = pd.read_parquet(out / "requests.parquet")
-    return {"label": label, "df": df, "summary": s}
+    return {"label": label, "df": df, "summary": s, "worker_cpu_s": kw_cpu}
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process (the Locust worker): tokens per worker CPU-second = per core."""
+    f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def analyse(p: dict, stamps: dict) -> dict:
@@ -57,7 +65,10 @@ def analyse(p: dict, stamps: dict) -> dict:
             "send_lag_ms_p50": q(lag, 50), "send_lag_ms_p99": q(lag, 99),
             "target_rps": s.target_rps and round(s.target_rps, 2),
             "achieved_rps": s.achieved_rps and round(s.achieved_rps, 2),
-            "tokens_per_s": round(float(ok.completion_tokens.sum() / span), 0) if len(ok) else None}
+            "tokens_per_s": round(float(ok.completion_tokens.sum() / span), 0) if len(ok) else None,
+            "worker_cpu_s": round(p["worker_cpu_s"], 2),
+            "tokens_per_worker_cpu_s": round(float(ok.completion_tokens.sum() / p["worker_cpu_s"]), 0)
+            if len(ok) and p["worker_cpu_s"] > 0 else None}
 
 
 def q(a, x):

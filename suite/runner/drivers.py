@@ -9,7 +9,6 @@ Both answer: which services run, where their /metrics are, whether any died, and
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import signal
@@ -91,10 +90,16 @@ class ComposeDriver(Driver):
                               f"| {bad[0]}: {self.logs(bad[0], 5).strip()[-400:]}")
 
     def dead(self) -> list[str]:
-        r = self._compose("ps", "-a", "--format", "json", timeout=30)
-        rows = [json.loads(line) for line in r.stdout.splitlines() if line.strip().startswith("{")]
-        return [row["Service"] for row in rows if row.get("State") != "running"
-                and "pdsuite.role=setup" not in row.get("Labels", "")]  # one-shot checks exit by design
+        """Services of this deployment whose container is not running. Asked of `docker ps` by label (~20 ms),
+        not `docker compose ps` (~300 ms: it parses the whole compose file), since it runs after every point."""
+        fmt = '{{.Label "com.docker.compose.service"}}|{{.State}}|{{.Label "pdsuite.role"}}'
+        try:
+            r = subprocess.run(["docker", "ps", "-a", "--filter", f"label=pdsuite.deployment={self.dep.name}",
+                                "--format", fmt], capture_output=True, text=True, timeout=30)
+        except subprocess.TimeoutExpired:
+            raise DeployError("`docker ps` did not answer in 30 s") from None
+        rows = [line.split("|") for line in r.stdout.splitlines() if line.count("|") == 2]
+        return [svc for svc, state, role in rows if state != "running" and role != "setup"]  # checks exit 0
 
     def logs(self, service: str, tail: int = 50) -> str:
         return self._compose("logs", "--no-color", "--tail", str(tail), service, timeout=30).stdout

@@ -154,17 +154,21 @@ def test_point_where_every_request_failed_is_a_failed_point(tmp_path, monkeypatc
 
 def test_compose_driver_ignores_exited_setup_checks_only(tmp_path, monkeypatch):
     """One-shot setup services (nixl/lmcache/mooncake checks) exit 0 by design; any other stopped service is dead."""
-    import json as _json
     import subprocess as _sp
 
     from suite.config import Settings
     from suite.deploy.catalog import get as get_dep
     from suite.runner.drivers import ComposeDriver
 
-    rows = [{"Service": "sglang-disagg-kvpool-mooncake-check", "State": "exited", "Labels": "pdsuite.role=setup,x=y"},
-            {"Service": "sglang-disagg-kvpool-prefill", "State": "running", "Labels": "pdsuite.role=prefill"},
-            {"Service": "sglang-disagg-kvpool-decode", "State": "exited", "Labels": "pdsuite.role=decode"}]
-    out = "\n".join(_json.dumps(r) for r in rows)
+    out = ("sglang-disagg-kvpool-mooncake-check|exited|setup\nsglang-disagg-kvpool-prefill|running|prefill\n"
+           "sglang-disagg-kvpool-decode|exited|decode\n")
+    seen = []
+
+    def fake_run(cmd, **kw):
+        seen.append(cmd)
+        return _sp.CompletedProcess(cmd, 0, out, "")
+
     drv = ComposeDriver(get_dep("sglang-disagg-kvpool"), Settings(), tmp_path)
-    monkeypatch.setattr(drv, "_compose", lambda *a, **k: _sp.CompletedProcess(a, 0, out, ""))
+    monkeypatch.setattr("suite.runner.drivers.subprocess.run", fake_run)
     assert drv.dead() == ["sglang-disagg-kvpool-decode"]
+    assert "label=pdsuite.deployment=sglang-disagg-kvpool" in seen[0]
