@@ -234,7 +234,7 @@ def _run_point(plan: Plan, settings: Settings, driver: Driver, name: str, label:
             pt["lead_s"], pt["first_arrival_s"], pt["load_window_s"], pt["tail_s"] = split_call(
                 t_wall, call_s, load_window(tmp))
             pt["load_call_s"] = call_s
-            result.load_wall_s = pt["load_window_s"] or call_s
+            result.load_wall_s = (pt["first_arrival_s"] + pt["load_window_s"]) or call_s
         result.native["load_summary"] = _as_dict(summary) | {"records": "requests.parquet"}  # relative: dir moves
         if getattr(summary, "failure", None):
             raise RuntimeError(summary.failure)
@@ -253,8 +253,8 @@ def _run_point(plan: Plan, settings: Settings, driver: Driver, name: str, label:
         tm = state.timings
         tm.scrape_s += pt["scrape_before_s"] + pt["scrape_after_s"]
         tm.point_lead_s += pt["lead_s"]
-        tm.first_arrival_s += pt["first_arrival_s"]
-        tm.load_s += pt["load_window_s"]
+        # the arrival process runs from t0: its first gap is load time like every later gap
+        tm.load_s += pt["first_arrival_s"] + pt["load_window_s"]
         tm.point_tail_s += pt["tail_s"]
     dead = driver.dead()
     if dead:

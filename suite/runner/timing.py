@@ -1,14 +1,14 @@
 """Where a plan's wall time goes: load generation, model load, and the runner's own overhead (issue 6 item 6).
 
 Definitions (also written into manifest.json `timings.definition` and shown in the report):
-- load generation = each point's *load window*: from the point's first request leaving the client to its last
-  response, error, timeout or cancellation (requests in flight count: the engines are working). Taken from the
-  point's own records (requests.parquet + load.json t0), not from how long the load call took.
+- load generation = each point's *load window*: from the schedule's t0 (the arrival process starts; its first
+  gap is load time like every later gap; closed loop sends at t0) to the point's last response, error, timeout
+  or cancellation (requests in flight count: the engines are working). Taken from the point's own records
+  (requests.parquet + load.json t0), not from how long the load call took.
 - model load = deployment start until every service answers /health (`up_s`): excluded from the budget.
 - overhead = everything else: leftover clean-up before start, Locust cluster start not hidden behind model load,
   warm-up, each point's lead-in (spec checks, hand-out to the workers, the glue's start delay up to the schedule's
-  t0), the wait from t0 to the first scheduled arrival (a workload property: the first gap of a Poisson process),
-  the tail (records flushed and written, summary), /metrics scrapes, liveness checks and point bookkeeping,
+  t0), the tail (records flushed and written, summary), /metrics scrapes, liveness checks and point bookkeeping,
   logs + down. `other_s` is what no phase claimed, so the phases always add up to the wall time.
 - overhead_ratio = (wall - up - load) / (wall - up).
 """
@@ -20,7 +20,7 @@ import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-DEFINITION = ("load = per point, first request sent -> last response/timeout (in-flight requests count); "
+DEFINITION = ("load = per point, schedule t0 -> last response/timeout (in-flight requests count); "
               "model load = deployment start -> healthy (excluded); overhead = everything else "
               "(wall - up - load); overhead_ratio = overhead / (wall - up)")
 
@@ -30,7 +30,6 @@ PHASES = {
     "cluster_start_s": "Locust cluster start (the part not overlapped with model load)",
     "warmup_s": "warm-up requests",
     "point_lead_s": "point lead-in: spec, hand-out to the workers, start delay (to the schedule's t0)",
-    "first_arrival_s": "wait from t0 to the first scheduled arrival (workload)",
     "point_tail_s": "point tail: records flushed and written after the last response",
     "scrape_s": "/metrics scrapes before and after each point",
     "check_s": "liveness checks and point bookkeeping",
@@ -48,7 +47,7 @@ class Timings:
     cluster_start_s: float = 0.0
     warmup_s: float = 0.0
     point_lead_s: float = 0.0
-    first_arrival_s: float = 0.0
+    first_arrival_s: float = 0.0  # unused since the first gap counts as load; kept so older manifests still load
     point_tail_s: float = 0.0
     scrape_s: float = 0.0
     check_s: float = 0.0

@@ -116,5 +116,5 @@ def test_runner_time_section_shows_overhead_and_phases(tmp_path):
     section = md.split("## Runner time")[1].split("## Environment")[0]
     assert "**10.0%**" in section and "8.0 s of 80.0 s" in section and "**missed**" in section
     assert "| warm-up requests | 3.00 | 3.8% |" in section  # 3 s of the 80 s outside model load
-    assert "| point lead-in" in section and "first request sent" in section
+    assert "| point lead-in" in section and "schedule t0" in section
     assert "<b>10.0%</b>" in (tmp_path / "rt" / "index.html").read_text()
