@@ -38,6 +38,8 @@ CLASSES = {"bench": {"input": {"min": 16, "max": 16}, "output": {"min": OUT_TOKE
 def point(url: str, stamps: dict, label: str, arrival: dict, seed: int, tmp: Path, **kw) -> dict:
     spec = load_spec({"classes": CLASSES, "mix": {"bench": 1}, "arrival": arrival, "seed": seed, **kw})
     out = tmp / label.replace("/", "_")
+    if not CLUSTER.procs:
+        CLUSTER.start()
     cpu0 = _cpu_s(CLUSTER.procs[1].pid)
     s = CLUSTER.run(spec, out, timeout_s=120)
     kw_cpu = _cpu_s(CLUSTER.procs[1].pid) - cpu0
