@@ -24,10 +24,16 @@ def command(args: list[str]) -> str:
     return " ".join(a if a.endswith("_EXTRA_ARGS}") else shlex.quote(a) for a in args)
 
 
-def healthcheck(port_var: str, path: str, start_period: str) -> dict:
+def healthcheck(port_var: str, path: str, start_period: str, interval: str = "10s") -> dict:
     probe = f"import urllib.request as u; u.urlopen('http://${{BIND_ADDRESS}}:${{{port_var}}}{path}', timeout=8)"
-    return {"test": ["CMD", "python3", "-c", probe], "interval": "10s", "timeout": "10s", "retries": 3,
+    return {"test": ["CMD", "python3", "-c", probe], "interval": interval, "timeout": "10s", "retries": 3,
             "start_period": start_period}
+
+
+def probe_interval(dep: Deployment) -> str:
+    """Emulated services are up in ~2 s: probe every 2 s (Docker 20.10 has no start_interval), so a deployment is
+    healthy in seconds, not two 10 s probe cycles (engines, then the router that waits for them)."""
+    return "2s" if dep.backend is Backend.EMU else "10s"
 
 
 def _labels(dep: Deployment, role: str) -> dict[str, str]:
@@ -55,7 +61,7 @@ def kvpool_service(fw: Framework, dep: Deployment, eng: Engine) -> dict:
                 "--port", f"${{{eng.port_var}}}", "--hardware", "${EMU_HARDWARE}",
                 "--kv-pool-capacity-gb", "${KVPOOL_SIZE_GB}"]
         return svc | {"image": "${SUITE_IMAGE}", "command": command(args), "environment": {"PYTHONUNBUFFERED": "1"},
-                      "healthcheck": healthcheck(eng.port_var, "/health", "30s")}
+                      "healthcheck": healthcheck(eng.port_var, "/health", "30s", probe_interval(dep))}
     argv = fw.kvpool_args(dep)
     svc |= {"image": f"${{{fw.image_setting}}}", "entrypoint": argv[:1], "command": command(argv[1:]),
             "healthcheck": tcp_healthcheck(eng.port_var, "60s")}
@@ -76,7 +82,7 @@ def engine_service(fw: Framework, dep: Deployment, eng: Engine) -> dict:
                 "--model-config", "${EMU_MODEL_CONFIG}", "--hardware", "${EMU_HARDWARE}", "--tp", str(eng.tp),
                 *fw.emulator_args(dep, eng)]
         svc |= {"image": "${SUITE_IMAGE}", "command": command(args), "environment": {"PYTHONUNBUFFERED": "1"},
-                "healthcheck": healthcheck(eng.port_var, "/health", "30s")}
+                "healthcheck": healthcheck(eng.port_var, "/health", "30s", probe_interval(dep))}
         return svc | ({"depends_on": pool} if pool else {})
     if dep.backend is Backend.CPU:
         # vLLM's engine-core message queue needs ~160 MiB of /dev/shm; Docker's default is 64 MiB
@@ -104,7 +110,7 @@ def router_service(fw: Framework, dep: Deployment) -> dict:
     svc = _base(dep, "router")
     svc |= {"image": "${ROUTER_IMAGE}", "command": command(fw.router_args(dep)),
             "depends_on": {dep.service(e.name): {"condition": "service_healthy"} for e in dep.engines},
-            "healthcheck": healthcheck("ENDPOINT_PORT", "/health", "30s")}
+            "healthcheck": healthcheck("ENDPOINT_PORT", "/health", "30s", probe_interval(dep))}
     return svc
 
 
