@@ -64,6 +64,10 @@ class Framework:
         """Full command line of the shared KV pool server (disagg-kvpool, GPU backend), run in the engine image."""
         raise NotImplementedError
 
+    # Setting naming the port where the GPU pool server serves Prometheus text, or None if it serves none (then the
+    # runner does not scrape it; the emulated pool serves /metrics on its own port).
+    kvpool_metrics_port: str | None = None
+
     def emulator_args(self, dep: Deployment, eng: Engine) -> list[str]:
         """Hand-off options the stand-in engine needs to speak this framework's P/D protocol."""
         return []

@@ -101,6 +101,8 @@ class SGLang(Framework):
         return ["--page-size", str(KVPOOL_PAGE), *side, "--hicache-storage-backend", "mooncake",
                 "--hicache-storage-backend-extra-config", json.dumps(MOONCAKE_CONFIG, separators=(",", ":"))]
 
+    kvpool_metrics_port = "KVPOOL_METRICS_PORT"  # mooncake_master --metrics_port
+
     def kvpool_args(self, dep: Deployment) -> list[str]:
         """Mooncake master with its embedded HTTP metadata server (mooncake-store/src/master.cpp flags; both
         bind BIND_ADDRESS). It only coordinates: the memory is the engines' segments (global_segment_size)."""

@@ -22,7 +22,8 @@ from pathlib import Path
 from suite.config import Settings, expand
 from suite.deploy.catalog import get as get_deployment
 from suite.deploy.compose import deployment_services
-from suite.deploy.model import Backend, Deployment
+from suite.deploy.model import Backend, Deployment, Role
+from suite.frameworks.base import get as get_framework
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 
@@ -42,8 +43,14 @@ class Service:
 def services_of(dep: Deployment, settings: Settings) -> list[Service]:
     """Every engine and router of a deployment with its metrics URL (routers expose metrics separately)."""
     host = settings.BIND_ADDRESS
-    out = [Service(dep.service(e.name), e.role.value, getattr(settings, e.port_var),
-                   f"http://{host}:{getattr(settings, e.port_var)}/metrics") for e in dep.engines]
+    out = []
+    for e in dep.engines:
+        port = getattr(settings, e.port_var)
+        metrics = f"http://{host}:{port}/metrics"
+        if e.role is Role.KVPOOL and dep.backend is Backend.GPU:  # LMCache's server speaks no HTTP
+            var = get_framework(dep.framework).kvpool_metrics_port
+            metrics = f"http://{host}:{getattr(settings, var)}/metrics" if var else ""
+        out.append(Service(dep.service(e.name), e.role.value, port, metrics))
     if dep.router:
         out.append(Service(dep.service("router"), "router", settings.ENDPOINT_PORT,
                            f"http://{host}:{settings.ROUTER_METRICS_PORT}/metrics"))

@@ -216,7 +216,7 @@ def _run_point(plan: Plan, settings: Settings, driver: Driver, name: str, label:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     result = _point_result(plan, settings, name, label, rep, spec, driver)
-    urls = {s.name: s.metrics_url for s in driver.services}
+    urls = {s.name: s.metrics_url for s in driver.services if s.metrics_url}
     failure = None
     pt = {"scrape_before_s": 0.0, "lead_s": 0.0, "first_arrival_s": 0.0, "load_window_s": 0.0, "tail_s": 0.0,
           "scrape_after_s": 0.0}

@@ -149,3 +149,15 @@ def test_kvpool_plan_validates(backend):
     assert set(plan.resolved_deployments(backend)) >= {f"{'' if backend == 'gpu' else 'emu-'}{fw}-disagg-kvpool"
                                                        for fw in ("vllm", "sglang")}
     assert any(p.get("shared_prefix_tokens") for p in plan.points)
+
+
+def test_pool_metrics_scraped_only_where_the_pool_serves_them():
+    from suite.config import Settings
+    from suite.runner.drivers import services_of
+
+    s = Settings()
+    pool = {d: next(x for x in services_of(deployments()[d], s) if x.role == "kvpool")
+            for d in ("vllm-disagg-kvpool", "sglang-disagg-kvpool", "emu-vllm-disagg-kvpool")}
+    assert pool["vllm-disagg-kvpool"].metrics_url == ""  # LMCache's server speaks no HTTP
+    assert pool["sglang-disagg-kvpool"].metrics_url.endswith(f":{s.KVPOOL_METRICS_PORT}/metrics")
+    assert pool["emu-vllm-disagg-kvpool"].metrics_url.endswith(f":{s.KVPOOL_PORT}/metrics")
