@@ -266,24 +266,33 @@ def _nixl_version() -> str:
     return "unknown"
 
 
+def _open_agent(name: str, dev: str, report):
+    """(torch, a UCX nixl agent) with `dev` pinned; None after reporting ("import_error", why) if either is
+    missing in this process."""
+    try:
+        import torch
+        from nixl._api import nixl_agent, nixl_agent_config
+    except ImportError as e:
+        report.send(("import_error", str(e)))
+        return None
+    if dev.startswith("cuda"):
+        torch.cuda.set_device(dev)
+    return torch, nixl_agent(name, nixl_agent_config(backends=["UCX"]))
+
+
 def _p_main(conn, spec: dict, log_path: str) -> None:
     """Target: pattern-filled buffer on GPU0, registered; sends D its metadata and each point's descriptors, then
     keeps the buffer exported until D says done (or goes away). Always exits."""
     _redirect(log_path)
     code = 0
     try:
-        try:
-            import torch
-            from nixl._api import nixl_agent, nixl_agent_config
-        except ImportError as e:
-            conn.send(("import_error", str(e)))
+        opened = _open_agent("P", spec["dev_p"], conn)
+        if opened is None:
             return
+        torch, agent = opened
         dev = spec["dev_p"]
-        if dev.startswith("cuda"):
-            torch.cuda.set_device(dev)
         tile = _tile(torch, dev)
         src = tile.repeat(-(-spec["max_bytes"] // TILE))[:spec["max_bytes"]]
-        agent = nixl_agent("P", nixl_agent_config(backends=["UCX"]))
         agent.register_memory([src])
         descs = {i: agent.get_serialized_descs(agent.get_xfer_descs(_views(src, pt["sizes"])))
                  for i, pt in enumerate(spec["points"]) if "skip" not in pt}
@@ -311,20 +320,15 @@ def _d_main(p_conn, main_conn, spec: dict, log_path: str) -> None:
     os.environ.setdefault("UCX_PROTO_INFO", "y")  # UCX prints the protocol/transport it selects (to the log)
     code = 0
     try:
-        try:
-            import torch
-            from nixl._api import nixl_agent, nixl_agent_config
-        except ImportError as e:
-            main_conn.send(("import_error", str(e)))
+        opened = _open_agent("D", spec["dev_d"], main_conn)
+        if opened is None:
             return
+        torch, agent = opened
         main_conn.send(("info", {"version": _nixl_version()}))
         dev = spec["dev_d"]
         cuda = dev.startswith("cuda")
-        if cuda:
-            torch.cuda.set_device(dev)
         dst = torch.zeros(spec["max_bytes"], dtype=torch.uint8, device=dev)
         tile = _tile(torch, dev)
-        agent = nixl_agent("D", nixl_agent_config(backends=["UCX"]))
         agent.register_memory([dst])
         if not p_conn.poll(spec["setup_s"]):
             raise TimeoutError(f"P sent no metadata within {spec['setup_s']:.0f} s")
