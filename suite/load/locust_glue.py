@@ -14,6 +14,7 @@ form's "Pd rate" / "Pd mix" fields); GET /pdsuite shows the state, including EMU
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -21,11 +22,14 @@ import time
 from pathlib import Path
 
 import gevent
+from gevent.event import AsyncResult
 from gevent.pool import Group
+from gevent.queue import Queue
 from locust import User, constant, events, task
 from locust.runners import MasterRunner, WorkerRunner
 
-from suite.load.client import Endpoint, Pending, follow, prepare, request_body, send
+from suite.load import mux
+from suite.load.client import Endpoint, Outcome, Pending, follow, prepare, request_body, send
 from suite.load.prompts import PromptBuilder
 from suite.load.schedule import Planned, arrival_times, draw, plans, request_rng
 from suite.load.spec import LoadSpec
@@ -34,6 +38,7 @@ from suite.schema import RequestRecord, Status
 log = logging.getLogger("pdsuite.load")
 PREPARE_AHEAD_S = 0.02  # connection taken (or opened) this long before a request's scheduled send
 FLUSH_EVERY_S = 0.25
+SPIN_READS = 4  # stream reads between two clock checks while waiting for a send time (~0.1 ms)
 FLUSH_SLICE = 16  # records handled between two yields to the hub (stats events + dump + send: ~1 ms)
 REPLAN_BASE = 10_000_000  # request indices after a live rate change start at epoch * REPLAN_BASE
 
@@ -53,10 +58,12 @@ class _Worker:
         self.run = 0  # the point this worker is loading (records and pd_done carry it)
         self.ready_run = -1  # the point it is set up for and waiting to start (pd_go)
         self.ep: Endpoint | None = None
+        self.mux = mux.StreamMux() if mux.available() else None  # all streams read by one loop (Linux)
 
     # --- setup -----------------------------------------------------------------------------------
     def start(self, env, msg: dict) -> None:
         self.stop(cancel=False)
+        self._cancel_inflight("a new point started")  # an earlier point's leftovers (its records were sent)
         self.env, self.stopping, self.epoch, self.sent = env, False, 0, 0
         self.run, self.emulated, self.pending = msg.get("run", 0), False, []
         self.spec = LoadSpec.model_validate(msg["spec"])
@@ -72,7 +79,17 @@ class _Worker:
         s = self.spec
         self.builder = PromptBuilder(s.api, s.tokenizer, s.seed, s.shared_prefix_tokens, s.token_id_range,
                                      text=s.text_prompts)
+        # the open-loop schedule is drawn now, not at pd_go: drawing thousands of requests holds the hub for ms
+        self.todo, self.first = [], []
+        try:
+            if s.arrival.kind == "concurrency":
+                self._ready_closed_loop()
+            else:
+                self.todo = plans(s, self.index, self.count)
+        except Exception:  # specs are validated by the master; this only keeps the point from hanging
+            log.exception("pdsuite load: cannot draw the schedule")
         self.ready_run = self.run
+        _settle_gc()
         self._send("pd_ready", {"run": self.run, "worker": self.index})
 
     def go(self, data: dict) -> None:
@@ -88,8 +105,13 @@ class _Worker:
     def stop(self, cancel: bool = True) -> None:
         self.stopping = True
         if cancel:
+            self._cancel_inflight("run stopped while in flight")
             self.inflight.kill(block=True, timeout=5)
         self.greenlets.kill(block=True, timeout=5)
+
+    def _cancel_inflight(self, reason: str) -> None:
+        if self.mux is not None:
+            self.mux.cancel_all(reason)
 
     def abort(self, data: dict) -> None:
         """The master cancels this point: in-flight requests become `cancelled` records, then pd_done."""
@@ -107,34 +129,41 @@ class _Worker:
     def _wait_until(self, t_s: float) -> None:
         delay = t_s - self.now_s()
         if delay > 0.002:
-            gevent.sleep(delay - 0.0015)  # the loop's timers are coarse: finish the wait by yielding
+            gevent.sleep(delay - 0.0015)  # the loop's timers are coarse (1 ms): finish the wait by yielding
         while self.now_s() < t_s:
-            gevent.sleep(0)
+            # sleep(0) does not let the loop poll io, so the streams are read from here meanwhile, a few at a time
+            if self.mux is None or not self.mux.read_ready(SPIN_READS):
+                gevent.sleep(0)
 
-    def _prepare(self, p: Planned, body: bytes) -> Pending:
+    def _prepare(self, p: Planned, body: bytes, connect: bool = True) -> Pending:
         return prepare(self.ep, self.spec.api, body, request_id=f"{self.spec.seed}-{p.index}",
                        request_class=p.request_class, input_tokens=p.input_tokens, max_tokens=p.max_tokens,
                        scheduled_s=p.scheduled_s if p.scheduled_s is not None else 0.0,
-                       timeout_s=self.spec.request_timeout_s, worker=self.name)
+                       timeout_s=self.spec.request_timeout_s, worker=self.name, connect=connect)
 
-    def _one(self, p: Planned, body: bytes) -> None:
-        pend = self._prepare(p, body)
-        send(pend, self.t0_ns)
-        self._follow(pend)
+    def _follow_async(self, pend: Pending) -> None:
+        """An open-loop request: follow it without waiting."""
+        if self.mux is not None:
+            self.mux.add(pend, self.t0_ns, self._done_for(self.run))
+        else:
+            self.inflight.spawn(self._follow, pend)
 
     def _follow(self, pend: Pending) -> None:
-        """Hot path: follow the stream, keep the record. Dumping records and stats events wait for the flusher,
-        which yields between small batches, so it never keeps other streams waiting to be read for long."""
+        """Without epoll: a greenlet per stream, bounded by one timeout for the whole request."""
         try:
             with gevent.Timeout(self.spec.request_timeout_s, TimeoutError("request timed out")):
                 out = follow(pend, self.t0_ns, deadline=False)
         except gevent.GreenletExit:
-            rec = pend.out.record
-            rec.status, rec.error, rec.done_s = Status.CANCELLED, "run stopped while in flight", self.now_s()
-            if pend.sock is not None:
-                pend.sock.close()
-            self.pending.append(rec)
+            self._done(pend.out)  # follow recorded it as cancelled
             raise
+        self._done(out)
+
+    def _done_for(self, run: int):
+        return lambda out: run == self.run and self._done(out)
+
+    def _done(self, out: Outcome) -> None:
+        """Hot path: keep the record. Dumping records and stats events wait for the flusher, which yields between
+        small batches, so it never keeps streams waiting to be read for long."""
         self.pending.append(out.record)
         if out.emulated and not self.emulated:
             self.emulated = True
@@ -167,7 +196,7 @@ class _Worker:
 
     def _open_loop(self) -> None:
         s = self.spec
-        todo = plans(s, self.index, self.count)
+        todo = self.todo
         while True:
             epoch = self.epoch
             for p in todo:
@@ -182,12 +211,15 @@ class _Worker:
                 pend = self._prepare(p, body)
                 self._wait_until(p.scheduled_s)
                 send(pend, self.t0_ns)
-                self.inflight.spawn(self._follow, pend)
+                self._follow_async(pend)
                 self.sent += 1
             if self.epoch == epoch or self.stopping:
                 break
             todo = self._replan()
-        self.inflight.join(timeout=s.drain_timeout_s + s.request_timeout_s)
+        limit = s.drain_timeout_s + s.request_timeout_s
+        self.inflight.join(timeout=limit)
+        if self.mux is not None and not self.mux.empty.wait(timeout=limit):
+            self._cancel_inflight(f"still in flight {limit:g} s after the last send")
 
     def _replan(self) -> list[Planned]:
         start = self.now_s()
@@ -199,25 +231,72 @@ class _Worker:
             out.append(Planned(base + i, name, n_in, n_out, float(times[i])))
         return out
 
-    def _closed_loop(self) -> None:
+    def _ready_closed_loop(self) -> None:
+        """Before pd_ready: each stream's first request built and a keep-alive connection open for it, so the first
+        wave is only sends (64 connects and prompts in a row would delay the last stream by ~20 ms)."""
         s = self.spec
         c = s.arrival.concurrency
-        streams = c // self.count + (self.index < c % self.count)
-        counter = iter(range(self.index, 1 << 62, self.count))
-        end = s.duration_s if s.duration_s is not None else float("inf")
-        self._wait_until(0.0)
+        n = c // self.count + (self.index < c % self.count)
+        self.counter = iter(range(self.index, 1 << 62, self.count))
+        self.first = [p for p in (self._build_next() for _ in range(n)) if p is not None]
+        warm = []
+        try:
+            for _ in range(len(self.first) - len(self.ep.idle)):
+                warm.append(self.ep.connect(s.request_timeout_s))
+        except OSError:
+            pass  # the endpoint is down: the requests themselves will say so
+        self.ep.idle.extend(warm)
 
-        def stream() -> None:
-            for i in counter:
-                if self.stopping or self.now_s() >= end or (s.num_requests is not None and i >= s.num_requests):
-                    return
-                name, n_in, n_out = draw(s, i, self.shares)
-                p = Planned(i, name, n_in, n_out, self.now_s())
-                self._one(p, self._body(p))
+    def _build_next(self) -> Pending | None:
+        """The next closed-loop request of this worker (prompt, bytes, record), or None when num_requests is
+        reached. Its connection is taken when it is sent."""
+        s = self.spec
+        i = next(self.counter)
+        if s.num_requests is not None and i >= s.num_requests:
+            return None
+        name, n_in, n_out = draw(s, i, self.shares)
+        p = Planned(i, name, n_in, n_out, None)
+        return self._prepare(p, self._body(p), connect=False)
+
+    def _closed_loop(self) -> None:
+        """Each stream sends its next request as soon as the current one ends (send lag = end of the previous
+        response, or t0, to the send). Next requests are built while the current ones stream, one per idle turn
+        of the loop by one builder: when many streams end together only the sends remain to do, and reading the
+        open streams always comes first (a build is ~0.1 ms; 256 in a row would leave every socket unread 30 ms)."""
+        end = self.spec.duration_s if self.spec.duration_s is not None else float("inf")
+        orders: Queue = Queue()
+
+        def builder() -> None:
+            while True:
+                order = orders.get()
+                gevent.idle()
+                try:
+                    order.set(self._build_next())
+                except Exception as e:  # handed to the stream that asked
+                    order.set_exception(e)
+
+        def stream(nxt: Pending | None) -> None:
+            free_s = 0.0
+            while nxt is not None and not self.stopping and self.now_s() < end:
+                cur = nxt
+                cur.out.record.scheduled_s = free_s
+                send(cur, self.t0_ns)
                 self.sent += 1
+                if self.mux is not None:
+                    ended = self.mux.add(cur, self.t0_ns, self._done_for(self.run))
+                    order = AsyncResult()
+                    orders.put(order)
+                    ended.wait()
+                    nxt = order.get()
+                else:
+                    nxt = self._build_next()
+                    self._follow(cur)
+                free_s = cur.out.record.done_s if cur.out.record.done_s is not None else self.now_s()
 
-        for _ in range(streams):
-            self.inflight.spawn(stream)
+        self._wait_until(0.0)
+        self.greenlets.spawn(builder)
+        for p in self.first:
+            self.inflight.spawn(stream, p)
         self.inflight.join()
 
     def _run(self, main) -> None:
@@ -244,7 +323,7 @@ class _Worker:
             batch = [r.model_dump(mode="json") for r in records]
             self._send("pd_records", {"run": self.run, "records": batch, "emulated": self.emulated})
             if yielding:
-                gevent.sleep(0)
+                gevent.sleep(0.0005)  # a trip through the loop (sleep(0) would not run its io and timers)
 
     def _send(self, kind: str, data) -> None:
         runner = self.env.runner
@@ -326,6 +405,7 @@ class _Master:
             self.workers = 1
             WORKER.start(self.env, {**msg, "index": 0, "count": 1})
         log.info("pdsuite load: run %d, %s, %d worker(s), mix %s", run, spec.arrival.kind, self.workers, self.mix)
+        _settle_gc()
 
     def worker_ids(self) -> list[str]:
         from locust.runners import STATE_MISSING
@@ -399,6 +479,18 @@ class _Master:
         return {"emulated": self.emulated, "rate_rps": self.rate, "mix": self.mix, "workers": self.workers,
                 "workers_done": len(self.done), "workers_connected": connected, "run": self.run,
                 "finished": self.finished, "failure": self.failure, "records": len(self.records), "classes": by}
+
+
+def _settle_gc() -> None:
+    """Before a point starts: collect, freeze what survives, and leave only the young generations to the collector
+    while it runs. A full pass walks every object (Locust, gevent, pandas, pydantic, and the point's records on the
+    master): 25-75 ms with the hub held or the shared core taken, measured at 120 req/s - tens of ms of send lag and
+    token reads late enough for the kernel to merge packets. Young cycles are still collected; the few that reach
+    the old generation wait for the next point's collect."""
+    gc.collect()
+    gc.freeze()
+    young, middle, _ = gc.get_threshold()
+    gc.set_threshold(young, middle, 1_000_000)
 
 
 def parse_mix(text: str) -> dict[str, float]:

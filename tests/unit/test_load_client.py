@@ -19,13 +19,13 @@ def _req(ep, i, tokens=6):
 def test_busy_reader_still_sees_each_token_arrive_at_its_own_time(monkeypatch):
     """The server writes a token every 20 ms; the client is busy for 8 ms before every read. Token times must be
     the packets' arrival (kernel stamps), not the late reads: TTFT ~30 ms, not ~38."""
-    real_read = client._Reader.read
+    real_read = client.read_stamped
 
-    def busy_read(self):
+    def busy_read(sock):
         time.sleep(0.008)
-        return real_read(self)
+        return real_read(sock)
 
-    monkeypatch.setattr(client._Reader, "read", busy_read)
+    monkeypatch.setattr(client, "read_stamped", busy_read)
     with running(ttft_ms=30, itl_ms=20) as url:
         ep = Endpoint(url)
         t0 = time.monotonic_ns()
