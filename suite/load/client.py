@@ -228,7 +228,8 @@ class Response:
         self.sse = b""  # framed SSE text not yet ending on an event boundary
         self.complete_events = _Events()  # what sseclient-py parses next: whole events only
         self.sse_client = SSEClient(self.complete_events)  # one per response (its constructor takes a lock)
-        self.state = "head"  # head -> events | plain -> done
+        self.step = Response._head  # what the next read feeds: _head -> _events (SSE) or _plain (an error)
+        # (plain functions, not bound methods: a bound method kept on self is a cycle, left to the collector)
         self.parts: list[bytes] = []  # a non-streamed body
         self.last_ns = 0
         self.saw_done = False
@@ -241,7 +242,7 @@ class Response:
         self.last_ns = arrival_ns
         self.p.out.kernel_clock = kernel
         try:
-            {"head": self._head, "events": self._events, "plain": self._plain}[self.state](data)
+            self.step(self, data)
         except (h11.ProtocolError, orjson.JSONDecodeError, ConnectionError, ValueError, UnicodeDecodeError) as e:
             self.fail(Status.ERROR, f"{type(e).__name__}: {e}")
         return self.finished
@@ -276,10 +277,10 @@ class Response:
         self.keep_alive = conn.their_http_version == b"1.1" and headers.get(b"connection") != b"close"
         rest, self.buf = self.buf, b""
         if resp.status_code < 400 and headers.get(b"transfer-encoding") == b"chunked":
-            self.state = "events"
+            self.step = Response._events
             self._frame(rest)
         else:
-            self.state = "plain"
+            self.step = Response._plain
             if rest:
                 conn.receive_data(rest)
             self._pump()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import logging
 import select
 import time
 from collections.abc import Callable
@@ -23,6 +24,7 @@ from gevent.monkey import get_original
 from suite.load.client import Outcome, Pending, Response, read_stamped
 from suite.schema import Status
 
+log = logging.getLogger("pdsuite.load")
 SLICE = 32  # reads per trip through the event loop (~0.5 ms of parsing)
 SWEEP_S = 0.05  # how often request deadlines are checked
 EPOLLIN = getattr(select, "EPOLLIN", 1)
@@ -109,7 +111,11 @@ class StreamMux:
             except OSError as e:
                 resp.fail(Status.ERROR, f"{type(e).__name__}: {e}")
             else:
-                resp.feed(data, ts, kernel)
+                try:
+                    resp.feed(data, ts, kernel)
+                except Exception as e:  # a parser bug fails this request, not every stream of the worker
+                    log.exception("pdsuite load: reading %s", p.out.record.request_id)
+                    resp.fail(Status.ERROR, f"client error: {type(e).__name__}: {e}")
             if resp.finished:
                 self._end(fd)
         return len(ready)
