@@ -305,6 +305,7 @@ class _Worker:
         finally:
             self._flush()
             self._send("pd_done", {"run": self.run, "worker": self.index, "sent": self.sent, "emulated": self.emulated})
+            _resume_gc()
 
     # --- reporting ---------------------------------------------------------------------------------
     def _flusher(self) -> None:
@@ -469,6 +470,7 @@ class _Master:
             (Path(out) / "load.json").write_text(json.dumps(info, indent=1))
             log.info("pdsuite load: wrote %d records to %s%s", n, out, " (EMULATED endpoint)" if self.emulated else "")
         self.finished = True
+        _resume_gc()
         if self.env.parsed_options.headless:
             gevent.spawn_later(0.2, self.env.runner.quit)
 
@@ -481,16 +483,24 @@ class _Master:
                 "finished": self.finished, "failure": self.failure, "records": len(self.records), "classes": by}
 
 
+_FULL_GC_EVERY = gc.get_threshold()[2]
+
+
 def _settle_gc() -> None:
     """Before a point starts: collect, freeze what survives, and leave only the young generations to the collector
-    while it runs. A full pass walks every object (Locust, gevent, pandas, pydantic, and the point's records on the
-    master): 25-75 ms with the hub held or the shared core taken, measured at 120 req/s - tens of ms of send lag and
-    token reads late enough for the kernel to merge packets. Young cycles are still collected; the few that reach
-    the old generation wait for the next point's collect."""
+    until the point ends (_resume_gc). A full pass walks every object (Locust, gevent, pandas, pydantic, and the
+    point's records on the master): 25-75 ms with the hub held or the shared core taken, measured at 120 req/s -
+    tens of ms of send lag and token reads late enough for the kernel to merge packets. Young cycles are still
+    collected, and a request leaves none (tests/unit/test_load_mux.py)."""
     gc.collect()
     gc.freeze()
     young, middle, _ = gc.get_threshold()
     gc.set_threshold(young, middle, 1_000_000)
+
+
+def _resume_gc() -> None:
+    young, middle, _ = gc.get_threshold()
+    gc.set_threshold(young, middle, _FULL_GC_EVERY)
 
 
 def parse_mix(text: str) -> dict[str, float]:
