@@ -280,12 +280,33 @@ def _open_agent(name: str, dev: str, report):
     return torch, nixl_agent(name, nixl_agent_config(backends=["UCX"]))
 
 
+@contextlib.contextmanager
+def _child(report, who: str, conns: tuple, ignore: tuple = ()):
+    """The body of a probe child process: an exception (other than `ignore`) is printed to the log, reported as
+    ("error", text) on `report` and makes the exit code 1; the connections are closed and the process always exits
+    here, without interpreter teardown."""
+    code = 0
+    try:
+        yield
+    except ignore:
+        pass
+    except Exception as e:
+        code = 1
+        traceback.print_exc()
+        with contextlib.suppress(Exception):
+            report.send(("error", f"{who}{type(e).__name__}: {e}"))
+    finally:
+        for c in conns:
+            with contextlib.suppress(Exception):
+                c.close()
+        _exit(code)
+
+
 def _p_main(conn, spec: dict, log_path: str) -> None:
     """Target: pattern-filled buffer on GPU0, registered; sends D its metadata and each point's descriptors, then
     keeps the buffer exported until D says done (or goes away). Always exits."""
     _redirect(log_path)
-    code = 0
-    try:
+    with _child(conn, "P: ", (conn,), ignore=(EOFError,)):  # EOFError: D is gone, nothing left to serve
         opened = _open_agent("P", spec["dev_p"], conn)
         if opened is None:
             return
@@ -301,25 +322,14 @@ def _p_main(conn, spec: dict, log_path: str) -> None:
         conn.send(("ready", agent.get_agent_metadata(), descs))
         if conn.poll(spec["total_s"] + 60):
             conn.recv()
-    except EOFError:
-        pass  # D is gone: nothing left to serve
-    except Exception as e:
-        code = 1
-        traceback.print_exc()
-        with contextlib.suppress(Exception):
-            conn.send(("error", f"P: {type(e).__name__}: {e}"))
-    finally:
-        with contextlib.suppress(Exception):
-            conn.close()
-        _exit(code)
 
 
 def _d_main(p_conn, main_conn, spec: dict, log_path: str) -> None:
     """Initiator: READs each point from P, checks the bytes, streams one row per point to the parent."""
     _redirect(log_path)
     os.environ.setdefault("UCX_PROTO_INFO", "y")  # UCX prints the protocol/transport it selects (to the log)
-    code = 0
-    try:
+    # closing p_conn also ends P (its wait sees EOF) when D fails before saying done
+    with _child(main_conn, "", (p_conn, main_conn)):
         opened = _open_agent("D", spec["dev_d"], main_conn)
         if opened is None:
             return
@@ -365,18 +375,7 @@ def _d_main(p_conn, main_conn, spec: dict, log_path: str) -> None:
             main_conn.send(("row", {**row, **st, "gbps": gbps(pt["bytes"], st["median_ms"]),
                                     "data_ok": _data_ok(region, tile), "truncated": truncated}))
         main_conn.send(("end", {}))
-    except Exception as e:
-        code = 1
-        traceback.print_exc()
-        with contextlib.suppress(Exception):
-            main_conn.send(("error", f"{type(e).__name__}: {e}"))
-    finally:
-        with contextlib.suppress(Exception):
-            p_conn.send("done")
-        for c in (p_conn, main_conn):
-            with contextlib.suppress(Exception):
-                c.close()
-        _exit(code)
+        p_conn.send("done")
 
 
 def _time_point(agent, handle, spec: dict, what: str) -> tuple[list[float], bool]:
