@@ -150,6 +150,7 @@ def _run_deployment(plan: Plan, settings: Settings, name: str, todo: list, out: 
                 return plan.on_failure == "stop"
             finally:
                 tm.up_s += time.monotonic() - t_up
+            driver.versions = driver.engine_versions()  # what actually runs, asked of the engines
             t_ready = time.monotonic()
             if cluster.procs:  # what Locust's start takes beyond the deployment's start is overhead
                 try:
@@ -201,7 +202,9 @@ def _point_result(plan: Plan, settings: Settings, name: str, label: str, rep: in
     services = {s.name: s.role for s in driver.services} if driver else {}
     return PointResult(deployment=name, framework=dep.framework, topology=dep.topology.value,
                        backend=dep.backend.value, emulated=dep.emulated, point=label, repetition=rep,
-                       workload=workload, started_at=now(), services=services)
+                       workload=workload, started_at=now(), services=services, caveat=dep.caveat,
+                       engine_versions=getattr(driver, "versions", {}) if driver else {},
+                       driver=driver.kind if driver else None)
 
 
 def _run_point(plan: Plan, settings: Settings, driver: Driver, name: str, label: str, spec: dict, rep: int,
