@@ -86,6 +86,41 @@ def arrival_times(spec: LoadSpec, rate_rps: float | None = None, start_s: float 
     raise ValueError(f"no arrival times for {a.kind}")
 
 
+def window_s(spec: LoadSpec) -> float | None:
+    """The span the schedule offers load over (seconds from t0), when the spec fixes it: the duration, a step
+    schedule's end, a trace's last arrival. None: only the requests' own times tell (num_requests, no duration)."""
+    a = spec.arrival
+    duration = spec.duration_s
+    if a.kind == "step":
+        total = float(sum(d for d, _ in a.steps))
+        return min(total, duration) if duration is not None else total
+    if a.kind == "trace" and duration is None:
+        used = plans(spec)
+        return (used[-1].scheduled_s or None) if used else None
+    return duration
+
+
+def target_rps(spec: LoadSpec) -> float | None:
+    """The rate a point asks for, averaged over its window (what a label such as rate=2 promises). Trace: the
+    trace's own rate over its window. Closed loop: None (the rate is whatever the streams achieve)."""
+    a = spec.arrival
+    if a.kind in ("poisson", "constant"):
+        return a.rate_rps
+    if a.kind == "ramp":
+        return (a.rate_rps + a.end_rps) / 2
+    if a.kind == "step":
+        left, area = window_s(spec), 0.0
+        total = left
+        for d, r in a.steps:
+            take = min(d, left)
+            area, left = area + take * r, left - take
+        return area / total if total else None
+    if a.kind == "trace":
+        w = window_s(spec)
+        return len(plans(spec)) / w if w else None
+    return None
+
+
 def plans(spec: LoadSpec, worker: int = 0, workers: int = 1) -> list[Planned]:
     """This worker's share of an open-loop or trace schedule, in send order."""
     if spec.arrival.kind == "concurrency":
