@@ -33,6 +33,7 @@ SCM_TIMESTAMPNS = SO_TIMESTAMPNS
 _TS = struct.Struct("qq")
 EMULATED_HEADER = b"x-pdsuite-emulated"
 _READ = 65536
+CONNECT_TIMEOUT_S = 10.0  # the kernel completes a handshake at once when the server listens; longer: it does not
 
 
 class _Clock:
@@ -181,8 +182,13 @@ def prepare(ep: Endpoint, api: str, body: bytes, *, request_id: str, request_cla
 
 
 def _take(p: Pending) -> None:
+    limit = min(p.timeout_s, CONNECT_TIMEOUT_S)
     try:
-        p.sock = p.ep.take(p.timeout_s)
+        p.sock = p.ep.take(limit)
+    except TimeoutError:
+        p.failed = True
+        p.out.record.status = Status.TIMEOUT
+        p.out.record.error = f"no connection to {p.ep.host}:{p.ep.port} within {limit:g} s (does it accept?)"
     except OSError as e:
         _fail(p, e)
 

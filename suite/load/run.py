@@ -117,8 +117,7 @@ def summarise(parquet: Path, spec: LoadSpec | None = None) -> LoadSummary:
             s.offered_rps = s.sent / s.window_s
         elif s.achieved_rps is not None:  # num_requests without a duration: the sends' own span
             s.offered_rps = s.achieved_rps
-    if spec is not None and spec.arrival.kind != "concurrency":
-        if len(lag):
-            s.send_lag_p99_ms = float(np.percentile(lag, 99) * 1000)
-            s.send_lag_max_ms = float(lag.max() * 1000)
+    if spec is not None and spec.arrival.kind != "concurrency" and len(lag):
+        s.send_lag_p99_ms = float(np.percentile(lag, 99) * 1000)
+        s.send_lag_max_ms = float(lag.max() * 1000)
     return s

@@ -65,10 +65,10 @@ def arrival_times(spec: LoadSpec, rate_rps: float | None = None, start_s: float 
         rate = rate_rps or a.rate_rps
         span = duration - start_s
         n = limit if span == float("inf") else min(limit, int(span * rate * 1.5 + 50))
-        gaps = rng.exponential(1.0 / rate, size=n) if a.kind == "poisson" else np.full(n, 1.0 / rate)
-        if a.kind == "constant":
-            gaps[0] = 0.0
-        t = start_s + np.cumsum(gaps)
+        if a.kind == "poisson":
+            t = start_s + np.cumsum(rng.exponential(1.0 / rate, size=n))
+        else:  # k / rate, not a sum of gaps: 1 s at 10 req/s is 10 requests, not 11 by rounding
+            t = start_s + np.arange(n) / rate
         return t[t < duration][:limit]
     if a.kind == "ramp":
         r0, r1 = a.rate_rps, a.end_rps

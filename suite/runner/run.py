@@ -192,7 +192,6 @@ def _run_deployment(plan: Plan, settings: Settings, name: str, todo: list, out: 
 def _point_result(plan: Plan, settings: Settings, name: str, label: str, rep: int, spec: dict,
                   driver: Driver | None) -> PointResult:
     from suite.load.spec import LoadSpec
-
     from suite.plan import repetition_spec
 
     dep = get_deployment(name)

@@ -2,12 +2,13 @@
 
 from pathlib import Path
 
+from test_runner import fakes, plan, points  # noqa: F401  (fakes: autouse fixture)
+
 import suite.load
 from suite.config import Settings
 from suite.load.run import LoadSummary
 from suite.plan import repetition_seed, warmup_seed
 from suite.runner.run import run_plan
-from test_runner import fakes, plan, points  # noqa: F401  (fakes: autouse fixture)
 
 
 def test_each_repetition_its_seed_paired_across_deployments(tmp_path, monkeypatch):
