@@ -369,6 +369,7 @@ class _Master:
     messages carry the point's run id, so records arriving late from an earlier point never mix into this one."""
 
     GO_DELAY_S = 0.02  # once all workers are set up, t0 is this far ahead: a message's way to a worker, with room
+    PROBE_AFTER_S = 10.0
 
     def __init__(self) -> None:
         self.records: list[dict] = []
@@ -450,14 +451,17 @@ class _Master:
         return sorted(c.id for c in self.env.runner.clients.values() if c.state != STATE_MISSING and c.id in self.hello)
 
     def prober(self) -> None:
-        """Ask connected workers that have not said pd_hello: covers a hello sent before the master listened."""
+        """Ask a worker connected for PROBE_AFTER_S that has not said pd_hello: covers a hello sent before the
+        master listened (a worker asked before its handlers exist only logs that it does not know pd_probe)."""
         from locust.runners import STATE_MISSING
 
+        seen: dict[str, float] = {}
         while True:
             gevent.sleep(1.0)
-            runner = self.env.runner
+            runner, now = self.env.runner, time.monotonic()
             for c in list(runner.clients.values()):
-                if c.id not in self.hello and c.state != STATE_MISSING:
+                if c.id not in self.hello and c.state != STATE_MISSING and \
+                        now - seen.setdefault(c.id, now) > self.PROBE_AFTER_S:
                     runner.send_message("pd_probe", {}, client_id=c.id)
 
     def abort(self, reason: str) -> None:
