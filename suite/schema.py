@@ -29,6 +29,7 @@ class Status(StrEnum):
     ERROR = "error"  # HTTP error, broken stream, connection refused ...
     TIMEOUT = "timeout"
     CANCELLED = "cancelled"  # run interrupted (Ctrl-C) while in flight
+    NOT_SENT = "not_sent"  # planned but never sent (point stopped, connection never taken...); `error` says why
 
 
 class RequestRecord(BaseModel):
@@ -87,8 +88,10 @@ class Workload(BaseModel):
     duration_s: float | None = None
     mix: dict[str, float] = Field(default_factory=dict)  # class -> share
     classes: dict[str, dict] = Field(default_factory=dict)  # class -> its length distributions
-    seed: int = 0
+    seed: int = 0  # the effective seed of this point's arrivals and prompts (one per repetition)
+    plan_seed: int | None = None  # the plan's seed it was derived from; same (plan_seed, repetition): same requests
     api: str = "completions"
+    target_rps: float | None = None  # the rate asked for, averaged over the window (None: closed loop)
 
 
 class PointResult(BaseModel):
