@@ -101,6 +101,15 @@ class Settings(BaseModel):
     # --- extra engine arguments ----------------------------------------------------------------------
     VLLM_EXTRA_ARGS: str = Field("", description="Appended to every vLLM engine command line.")
     SGLANG_EXTRA_ARGS: str = Field("", description="Appended to every SGLang engine command line.")
+    # --- telemetry ---------------------------------------------------------------------------------
+    TRACING: str = Field(
+        "on", pattern=r"^(on|off)$",
+        description="on: during `pdsuite run` the engines export per-request spans (vLLM --otlp-traces-endpoint; "
+        "the emulator the same spans) to the suite's own OTLP receiver, stored with each point "
+        "(docs/time-breakdown.md).")
+    OTLP_PORT: int = _port(4318, "Port of the suite's OTLP/HTTP trace receiver (binds BIND_ADDRESS) during runs.")
+    GPU_SAMPLE_HZ: float = Field(20.0, ge=10.0, le=100.0,
+                                 description="NVML GPU telemetry samples per second during every point (GPU hosts).")
     ENGINE_START_PERIOD_S: int = Field(900, ge=30, description="Health-check grace period for model load.")
     # --- emulator ----------------------------------------------------------------------------------
     EMU_HARDWARE: str = Field("h100", description="Emulator hardware profile (see docs/emulator.md).")
