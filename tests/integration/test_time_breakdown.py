@@ -50,3 +50,22 @@ def test_every_request_joins_its_engine_spans(run, dep, roles):
         assert spans[-1].completion_tokens == r.completion_tokens
         assert spans[0].prompt_tokens == r.prompt_tokens
     assert "no GPU telemetry" in " ".join(tel.get("notes", [])) or "gpu" in tel  # a note, never an error
+
+
+@pytest.mark.parametrize("dep", ["emu-vllm-disagg", "emu-vllm-colocated"])
+def test_phases_add_up_to_client_ttft(run, dep):
+    from suite.analysis.breakdown import CO_PHASES, PD_PHASES, point_breakdown
+
+    df, info = point_breakdown(run / dep / "p" / "rep0")
+    phases = PD_PHASES if "disagg" in dep else CO_PHASES
+    assert info["joined"] == info["ok"] > 0 and info["unmatched_spans"] == 0
+    total = df[list(phases)].sum(axis=1)
+    assert ((total - df["ttft_s"]).abs() < 1e-3).all()  # within 1 ms per request
+    # the clocks line up: no phase is negative beyond float noise, and the network legs are small on one host
+    assert (df[list(phases)] > -1e-3).all().all(), df[list(phases)].min()
+    assert (df["router_in"] < 0.05).all() and (df["first_token_out"] < 0.05).all()
+    # the engine parts are real: prefill compute grows with the prompt
+    long, short = df[df.request_class == "long"], df[df.request_class == "short"]
+    assert long["prefill_compute"].mean() > short["prefill_compute"].mean()
+    if "disagg" in dep:  # D's queue holds the KV transfer, which the emulator models for every P/D request
+        assert (df["kv_wait"] > 0).all()
