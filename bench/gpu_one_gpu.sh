@@ -36,8 +36,9 @@ case "$step" in
     cp results/ucx-one-gpu.json "$out/" 2>/dev/null; pack smoke-1gpu ;;
   colocated|disagg)
     [ "$step" = disagg ] && export UCX_PROTO_INFO=y  # the engines log the transport UCX picked per protocol
+    pts=(); for p in ${POINTS:-}; do pts+=(--point "$p"); done  # POINTS="rate=2 rate=6": only these points
     timeout -s INT "$LIMIT_S" python3 -m suite.cli run one-gpu --driver host --deployment "vllm-$step-1gpu" \
-      --out results; echo "run: exit $?"
+      "${pts[@]}" --out results; echo "run: exit $?"
     pack one-gpu ;;
   *) echo "unknown step $step"; exit 2 ;;
 esac

@@ -26,7 +26,9 @@ def register(app: typer.Typer) -> None:
             env_file: str = typer.Option(".env", help="Settings file"),
             validate_only: bool = typer.Option(False, "--validate", help="Only validate the plan"),
             only: list[str] = typer.Option([], "--deployment", help="Run only these of the plan's deployments "
-                                           "(repeatable; names as in the plan or with the backend prefix)")) -> None:
+                                           "(repeatable; names as in the plan or with the backend prefix)"),
+            only_points: list[str] = typer.Option([], "--point", help="Run only these load points (repeatable; "
+                                                  "their labels)")) -> None:
         """Run an experiment plan: every deployment up -> warm-up -> load points -> down."""
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -46,12 +48,13 @@ def register(app: typer.Typer) -> None:
         settings = load_settings(env_file)
         try:
             p = load_plan(plan, settings, backend or None)
-            if only:
-                p = _only(p, only, backend or None)
             names = p.resolved_deployments(backend or None)
             gpu = [n for n in names if not n.startswith(("emu-", "cpu-"))]
             if gpu:
                 p = load_plan(plan, settings, backend or None, gpus_present=_gpu_count())
+            if only or only_points:  # after every reload: the restricted plan is the one that runs
+                p = _only(p, only, only_points, backend or None)
+            names = p.resolved_deployments(backend or None)
         except PlanError as e:
             fail(str(e))
         if driver != "compose" and any(n.startswith("cpu-") for n in names):
@@ -90,15 +93,21 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(1)
 
 
-def _only(p, only: list[str], backend: str | None):
-    """The plan restricted to the named deployments (a plan's deployment name or its resolved name)."""
-    from suite.plan import PlanError
+def _only(p, only: list[str], only_points: list[str], backend: str | None):
+    """The plan restricted to the named deployments (a plan's name or the resolved one) and point labels."""
+    from suite.plan import PlanError, point_label
 
-    keep = [d for d, r in zip(p.deployments, p.resolved_deployments(backend), strict=True) if {d, r} & set(only)]
-    unknown = sorted(set(only) - set(p.deployments) - set(p.resolved_deployments(backend)))
+    resolved = p.resolved_deployments(backend)
+    unknown = sorted(set(only) - set(p.deployments) - set(resolved))
     if unknown:
         raise PlanError(f"--deployment {unknown[0]!r} is not in plan {p.name} ({', '.join(p.deployments)})")
-    return p.model_copy(update={"deployments": keep})
+    labels = [point_label(x) for x in p.points]
+    missing = sorted(set(only_points) - set(labels))
+    if missing:
+        raise PlanError(f"--point {missing[0]!r} is not a load point of plan {p.name} ({', '.join(labels)})")
+    keep = [d for d, r in zip(p.deployments, resolved, strict=True) if not only or {d, r} & set(only)]
+    points = [x for x, label in zip(p.points, labels, strict=True) if not only_points or label in only_points]
+    return p.model_copy(update={"deployments": keep, "points": points})
 
 
 def register_up_down(app: typer.Typer) -> None:
