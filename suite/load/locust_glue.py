@@ -229,12 +229,14 @@ class _Worker:
                     self._follow_async(out)
                     self.sent += 1
                 else:
-                    nxt = len(todo)
+                    nxt = len(todo) if isinstance(todo, list) else 0
                 if self.epoch == epoch or self.stopping:
                     break
                 todo, nxt = self._replan(), 0  # the old schedule's rest is replaced, not dropped
         finally:  # stopped (or killed) before the end of the schedule: what was not sent is recorded as such
-            self._unsent(todo[nxt + (pend is not None):], pend)
+            # (a schedule re-planned live is an interactive run's: it ends where its user stopped it)
+            rest = todo[nxt + (pend is not None):] if isinstance(todo, list) else []
+            self._unsent(rest, pend)
         limit = s.drain_timeout_s + s.request_timeout_s
         self.inflight.join(timeout=limit)
         if self.mux is not None and not self.mux.empty.wait(timeout=limit):
@@ -252,15 +254,15 @@ class _Worker:
             for p in rest:
                 self.pending.append(not_sent_record(self.spec, p, self.stop_reason, self.name))
 
-    def _replan(self) -> list[Planned]:
+    def _replan(self):
+        """The rest of the run at the new rate and mix, drawn as it is sent: drawing a long run's thousands of
+        requests at once would hold the hub for seconds, while streams wait to be read."""
         start = self.now_s()
         times = arrival_times(self.spec, rate_rps=self.rate, start_s=start)
-        base = REPLAN_BASE * self.epoch
-        out = []
+        base, shares = REPLAN_BASE * self.epoch, self.shares
         for i in range(self.index, len(times), self.count):
-            name, n_in, n_out = draw(self.spec, base + i, self.shares)
-            out.append(Planned(base + i, name, n_in, n_out, float(times[i])))
-        return out
+            name, n_in, n_out = draw(self.spec, base + i, shares)
+            yield Planned(base + i, name, n_in, n_out, float(times[i]))
 
     def _ready_closed_loop(self) -> None:
         """Before pd_ready: each stream's first request built and a keep-alive connection open for it, so the first

@@ -121,9 +121,11 @@ def test_web_ui_swarm_rows_live_rate_and_mix(tmp_path):
             assert set(df["request_class"]) == {"long_prefill", "short_decode"} and set(df["worker"]) == {"w0", "w1"}
             assert (df["status"].isin(["ok", "cancelled"])).all()  # a UI run ends where its user stopped it
             index = df["request_id"].str.split("-").str[1].astype(int)
-            replanned = df[index >= REPLAN_BASE].sort_values("scheduled_s")
-            span = replanned["scheduled_s"].iloc[-1] - replanned["scheduled_s"].iloc[0]
-            assert 14 < len(replanned) / span < 28, len(replanned) / span
+            # the schedule after the change, per worker (a worker starved of CPU on a busy box sends later, but
+            # what it sends keeps its own half of the 20 req/s schedule)
+            rates = [len(g) / (g["scheduled_s"].max() - g["scheduled_s"].min())
+                     for _, g in df[index >= REPLAN_BASE].groupby("worker")]
+            assert len(rates) == 2 and 14 < sum(rates) < 28, rates
             assert (df[index >= 2 * REPLAN_BASE]["request_class"] == "short_decode").all()  # after the mix change
         finally:
             for p in procs:
