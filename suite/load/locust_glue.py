@@ -616,7 +616,8 @@ def _args(parser) -> None:
     g.add_argument("--pd-api", default="", choices=["", "completions", "chat"], include_in_web_ui=True)
     g.add_argument("--pd-model", default="", help="model name (default: $PDSUITE_MODEL)")
     g.add_argument("--pd-out", default="", help="folder for requests.parquet (written by the master)")
-    g.add_argument("--pd-itl-events", default="on", choices=["on", "off"], help="per-token ITL statistics in the pdsuite tab and charts")
+    g.add_argument("--pd-itl-events", default="on", choices=["on", "off"],
+                   help="per-token ITL statistics in the pdsuite tab and charts")
     g.add_argument("--pd-deployment", default="", help="catalog name (e.g. emu-sglang-disagg): picks the prompt form "
                                                        "and resolves tokenizer: auto")
 

@@ -20,5 +20,5 @@ def test_progress_lines_when_stdout_is_not_a_terminal(tmp_path, monkeypatch):
                                              "--env-file", str(tmp_path / "empty.env"), "--out", str(tmp_path)])
     assert res.exit_code == 0, res.output
     lines = [x for x in res.output.splitlines() if x.startswith("[")]
-    assert len(lines) == 3 and lines[-1].startswith("[1/8 points, ") and lines[-1].endswith("demo | "
-                                                                                        "emu-vllm-colocated: rate=2 rep1")
+    assert len(lines) == 3 and lines[-1].startswith("[1/8 points, ")
+    assert lines[-1].endswith("demo | emu-vllm-colocated: rate=2 rep1")
