@@ -77,7 +77,7 @@ TABLE = [{"key": k, "title": t} for k, t in (
 BAR = """<div id="pdsuite-bar" style="position:static;background:#fff;color:#111;border-bottom:2px solid #444;
 padding:4px 10px;font:14px sans-serif">
 <b id="pd-emu" style="display:none;background:#c00;color:#fff;padding:2px 8px;border-radius:4px;margin-right:8px">
-EMULATED</b>pdsuite rate <input id="pd-rate" size="4"> req/s &nbsp;mix <input id="pd-mix" size="26"
+EMULATED</b>pdsuite rate <input id="pd-rate" size="4"> req/s &nbsp;mix <input id="pd-mix" size="36"
 placeholder="long_prefill=1,short_decode=3"> <button id="pd-apply">Apply</button>
 <a href="/pdsuite/charts" target="_blank">per-class charts</a> <span id="pd-msg"></span></div>
 <script>(function(){
@@ -95,7 +95,7 @@ setInterval(poll,2000);poll();})();</script>"""
 CHARTS = """<!doctype html><html><head><meta charset="utf-8"><title>pdsuite per-class percentiles</title>
 <style>body{font:14px sans-serif;margin:16px}canvas{border:1px solid #ccc;margin:6px}#emu{display:none;
 background:#c00;color:#fff;padding:4px 10px;font-weight:bold}</style></head><body>
-<h2>pdsuite: per-class percentiles (p50 solid, p99 dashed; ms; Locust's ~10 s window)</h2>
+<h2>pdsuite: per-class percentiles (p50 solid, p99 dashed; ms; ~10 s window)</h2>
 __BAR__
 <div id="emu">EMULATED endpoint: these numbers are not a real engine's</div><div id="charts"></div>
 <script>
