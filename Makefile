@@ -25,6 +25,7 @@ $(BIN)/pdsuite: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q -e '.[dev]'
 	@touch $@
+	@echo "pdsuite is installed in $(VENV): 'source $(VENV)/bin/activate' puts it on PATH (make targets need not)"
 
 venv: $(BIN)/pdsuite  ## the suite's own venv (.venv)
 
@@ -121,3 +122,11 @@ doctor: venv  ## check Docker, GPUs, NVLink, ports, model access (PROFILE=vllm-d
 locust:  ## Locust UI on 127.0.0.1:8089 against the running deployment: make locust DEPLOYMENT=sglang-disagg
 	BASE_IMAGE=$(BASE_IMAGE) bash scripts/build-images.sh suite
 	$(if $(DEPLOYMENT),LOCUST_DEPLOYMENT=$(DEPLOYMENT)) $(COMPOSE) --profile locust up -d --wait
+	@# returns once the UI answers (the containers' "running" comes seconds before Locust listens)
+	@host=$${BIND_ADDRESS:-$$(sed -n 's/^BIND_ADDRESS=//p' .env 2>/dev/null | tail -n 1)}; \
+	port=$${LOCUST_WEB_PORT:-$$(sed -n 's/^LOCUST_WEB_PORT=//p' .env 2>/dev/null | tail -n 1)}; \
+	[ "$${host:-0.0.0.0}" = 0.0.0.0 ] && host=127.0.0.1; url="http://$$host:$${port:-8089}"; \
+	for i in $$(seq 120); do \
+	  $(PY) -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=2)' "$$url" 2>/dev/null \
+	    && { echo "Locust UI: $$url"; exit 0; }; sleep 1; \
+	done; echo "make locust: no answer from $$url within 120 s (docker compose --profile locust logs)"; exit 1

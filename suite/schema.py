@@ -21,7 +21,8 @@ from enum import StrEnum
 
 from pydantic import BaseModel, Field
 
-SCHEMA_VERSION = "1.1"  # 1.1: PointResult.engine_versions, caveat, driver (additive)
+SCHEMA_VERSION = "1.1"  # 1.1 (additive): PointResult.engine_versions, caveat, driver; Workload.plan_seed,
+# target_rps; status not_sent
 
 
 class Status(StrEnum):

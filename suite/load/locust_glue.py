@@ -7,7 +7,8 @@ How a run goes (master + N workers, or one local process):
   "pd_ready"; when all have, the master sends "pd_go" {t0 (wall clock), GO_DELAY_S ahead}
   worker: dispatcher greenlet sends its share of the schedule (plans k, k+N, ...) at the scheduled times, each request
           in its own greenlet (open loop: never waits for responses), or runs its share of the closed-loop streams;
-          fires per-class stats rows (TTFT/ITL/TPOT/E2E <class>, send lag) and sends records to the master every second
+          fires one Locust request entry per request (E2E <class>) and keeps per-class latencies (TTFT/ITL/TPOT/E2E,
+          send lag) in its own statistics, sent with the records to the master every 0.25 s
   worker done -> "pd_done"; master writes <out>/requests.parquet + summary.json, and in headless mode quits.
 Every planned request of a point ends in one record: one the point could not send (stopped first, a worker died)
 is a `not_sent` record with the reason, written by its worker or, when that worker is gone, by the master.
@@ -31,6 +32,7 @@ from gevent.pool import Group
 from gevent.queue import Queue
 from locust import User, constant, events, task
 from locust.runners import MasterRunner, WorkerRunner
+from locust.stats import RequestStats, StatsEntry
 
 from suite.load import mux
 from suite.load.client import Endpoint, Outcome, Pending, follow, prepare, request_body, send
@@ -177,31 +179,32 @@ class _Worker:
         if out.emulated and not self.emulated:
             self.emulated = True
             log.warning("EMULATED: the endpoint says x-pdsuite-emulated: true; numbers are not a real engine's")
-            events.request.fire(request_type="EMULATED", name="endpoint sent x-pdsuite-emulated: true",
-                                response_time=0, response_length=0, exception=None, context={})
 
     def _fire(self, r: RequestRecord) -> None:
-        fire = events.request.fire
-        cls = r.request_class
+        """Locust's own statistics get one entry per request sent (its E2E time), so its request rate and response
+        times are requests', as in any Locust test. Latencies per class (TTFT, ITL per token, TPOT, E2E, send lag)
+        go to pdsuite's own statistics (LATENCY), shipped to the master beside the records (webui shows them)."""
+        if r.status is Status.NOT_SENT:
+            return  # never sent: not a request to Locust (the record says why)
+        cls, log = r.request_class, LATENCY.log_request
         if r.send_lag_s is not None:
-            fire(request_type="SEND_LAG", name="all", response_time=r.send_lag_s * 1000, response_length=0,
-                 exception=None, context={})
+            log("SEND_LAG", "all", r.send_lag_s * 1000, 0)
         if r.status is not Status.OK:
-            fire(request_type="E2E", name=cls, response_time=(r.e2e_s or 0) * 1000, response_length=0,
-                 exception=RuntimeError(f"{r.status.value}: {r.error}"), context={})
+            events.request.fire(request_type="E2E", name=cls, response_time=(r.e2e_s or 0) * 1000,
+                                response_length=0, exception=RuntimeError(f"{r.status.value}: {r.error}"),
+                                context={})
             return
-        fire(request_type="E2E", name=cls, response_time=r.e2e_s * 1000, response_length=r.completion_tokens or 0,
-             exception=None, context={})
+        events.request.fire(request_type="E2E", name=cls, response_time=r.e2e_s * 1000,
+                            response_length=r.completion_tokens or 0, exception=None, context={})
+        log("E2E", cls, r.e2e_s * 1000, 0)
         if r.ttft_s is not None:
-            fire(request_type="TTFT", name=cls, response_time=r.ttft_s * 1000, response_length=0, exception=None,
-                 context={})
+            log("TTFT", cls, r.ttft_s * 1000, 0)
         if r.tpot_s is not None:
-            fire(request_type="TPOT", name=cls, response_time=r.tpot_s * 1000, response_length=0, exception=None,
-                 context={})
+            log("TPOT", cls, r.tpot_s * 1000, 0)
         if self.itl_events:
+            entry = LATENCY.entries[(cls, "ITL")]
             for gap in r.itl_s:
-                fire(request_type="ITL", name=cls, response_time=gap * 1000, response_length=0, exception=None,
-                     context={})
+                entry.log(gap * 1000, 0)
 
     def _open_loop(self) -> None:
         s = self.spec
@@ -226,12 +229,14 @@ class _Worker:
                     self._follow_async(out)
                     self.sent += 1
                 else:
-                    nxt = len(todo)
+                    nxt = len(todo) if isinstance(todo, list) else 0
                 if self.epoch == epoch or self.stopping:
                     break
                 todo, nxt = self._replan(), 0  # the old schedule's rest is replaced, not dropped
         finally:  # stopped (or killed) before the end of the schedule: what was not sent is recorded as such
-            self._unsent(todo[nxt + (pend is not None):], pend)
+            # (a schedule re-planned live is an interactive run's: it ends where its user stopped it)
+            rest = todo[nxt + (pend is not None):] if isinstance(todo, list) else []
+            self._unsent(rest, pend)
         limit = s.drain_timeout_s + s.request_timeout_s
         self.inflight.join(timeout=limit)
         if self.mux is not None and not self.mux.empty.wait(timeout=limit):
@@ -249,15 +254,15 @@ class _Worker:
             for p in rest:
                 self.pending.append(not_sent_record(self.spec, p, self.stop_reason, self.name))
 
-    def _replan(self) -> list[Planned]:
+    def _replan(self):
+        """The rest of the run at the new rate and mix, drawn as it is sent: drawing a long run's thousands of
+        requests at once would hold the hub for seconds, while streams wait to be read."""
         start = self.now_s()
         times = arrival_times(self.spec, rate_rps=self.rate, start_s=start)
-        base = REPLAN_BASE * self.epoch
-        out = []
+        base, shares = REPLAN_BASE * self.epoch, self.shares
         for i in range(self.index, len(times), self.count):
-            name, n_in, n_out = draw(self.spec, base + i, self.shares)
-            out.append(Planned(base + i, name, n_in, n_out, float(times[i])))
-        return out
+            name, n_in, n_out = draw(self.spec, base + i, shares)
+            yield Planned(base + i, name, n_in, n_out, float(times[i]))
 
     def _ready_closed_loop(self) -> None:
         """Before pd_ready: each stream's first request built and a keep-alive connection open for it, so the first
@@ -350,7 +355,8 @@ class _Worker:
             for r in records:
                 self._fire(r)
             batch = [r.model_dump(mode="json") for r in records]
-            self._send("pd_records", {"run": self.run, "records": batch, "emulated": self.emulated})
+            self._send("pd_records", {"run": self.run, "records": batch, "emulated": self.emulated,
+                                      "latency": LATENCY.serialize_stats()})  # (and resets them here)
             if yielding:
                 gevent.sleep(0.0005)  # a trip through the loop (sleep(0) would not run its io and timers)
 
@@ -388,6 +394,7 @@ class _Master:
         self.record_unsent = False
         self.replanned = False  # a live rate/mix change replaced the schedule: "planned" is what the workers drew
         self.hello: set[str] = set()  # workers whose pdsuite handlers exist (they said pd_hello)
+        self.latency = RequestStats(use_response_times_cache=True)  # per class TTFT/ITL/TPOT/E2E, send lag
 
     def spec(self) -> LoadSpec:
         from suite.load.resolve import resolve_spec
@@ -426,6 +433,7 @@ class _Master:
         too); an interactive run stopped from the UI ends where its user stopped it."""
         self.run, self.out, self.records, self.done, self.by_class = run, out, [], set(), {}
         self.ready = set()
+        self.latency.reset_all()
         self.emulated, self.finished, self.failure = False, False, None
         self.record_unsent, self.replanned = record_unsent, False
         self.rate, self.mix, self.spec_used = spec.arrival.rate_rps, spec.shares(), spec
@@ -492,6 +500,8 @@ class _Master:
                     WORKER.go(go)
         elif kind == "pd_records":
             self.records.extend(data["records"])
+            for e in data.get("latency") or ():
+                self.latency.entries[(e["name"], e["method"])].extend(StatsEntry.unserialize(e, self.latency))
             for r in data["records"]:
                 c = self.by_class.get(r["request_class"])
                 if c is None:
@@ -592,6 +602,7 @@ def _dump(v):
     return v.model_dump(mode="json") if hasattr(v, "model_dump") else v
 
 
+LATENCY = RequestStats(use_response_times_cache=False)  # this process's latency entries since the last flush
 WORKER = _Worker()
 MASTER = _Master()
 
@@ -605,7 +616,8 @@ def _args(parser) -> None:
     g.add_argument("--pd-api", default="", choices=["", "completions", "chat"], include_in_web_ui=True)
     g.add_argument("--pd-model", default="", help="model name (default: $PDSUITE_MODEL)")
     g.add_argument("--pd-out", default="", help="folder for requests.parquet (written by the master)")
-    g.add_argument("--pd-itl-events", default="on", choices=["on", "off"], help="one ITL stats entry per token")
+    g.add_argument("--pd-itl-events", default="on", choices=["on", "off"],
+                   help="per-token ITL statistics in the pdsuite tab and charts")
     g.add_argument("--pd-deployment", default="", help="catalog name (e.g. emu-sglang-disagg): picks the prompt form "
                                                        "and resolves tokenizer: auto")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import typer
@@ -72,9 +73,12 @@ def register(app: typer.Typer) -> None:
         with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                       TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()) as bar:
             task = bar.add_task(p.name, total=len(names) * len(p.points) * p.repetitions)
+            t0 = time.monotonic()
 
             def progress(msg: str, done: int, total: int) -> None:
                 bar.update(task, description=f"{p.name} | {msg}", completed=done, total=total)
+                if not bar.console.is_terminal:  # CI logs, `| tee`: rich draws nothing there, so one line each
+                    typer.echo(f"[{done}/{total} points, {time.monotonic() - t0:.0f} s] {p.name} | {msg}")
 
             try:
                 state = run_plan(p, settings, out, backend=backend or None, driver_kind=driver, workers=workers,

@@ -126,7 +126,8 @@ def test_never_accepting_listener_every_planned_request_has_a_record(tmp_path):
     df = pd.read_parquet(tmp_path / "requests.parquet")
     _one_record_per_plan(df, spec)
     assert s.failure and "did not finish" in s.failure and s.ok == 0
-    assert set(df["status"]) <= {"timeout", "cancelled", "not_sent"} and s.not_sent == (df["status"] == "not_sent").sum()
+    assert set(df["status"]) <= {"timeout", "cancelled", "not_sent"}
+    assert s.not_sent == (df["status"] == "not_sent").sum() > 0
     assert df.loc[df["status"] == "not_sent", "error"].str.contains("not sent").all()
 
 
