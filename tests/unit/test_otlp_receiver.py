@@ -107,3 +107,17 @@ def test_sink_switch_keeps_points_apart(tmp_path):
 
 def test_default_bind_is_loopback():
     assert TraceReceiver().host == "127.0.0.1"
+
+
+def test_spans_of_earlier_requests_go_outside_the_point(tmp_path):
+    """A warm-up request's span exported after the point began is not the point's (same ids would collide)."""
+    with TraceReceiver("127.0.0.1", 0) as rx:
+        rx.outside(tmp_path / "outside.jsonl")
+        rx.sink(tmp_path / "point.jsonl", since_ns=time.time_ns() - 1_000_000_000)  # arrival was 2 s ago
+        vllm_span(rx.endpoint)
+        assert rx.settle(1, quiet_s=0.5) == 0
+        rx.sink(tmp_path / "point2.jsonl", since_ns=time.time_ns() - 3_000_000_000)
+        vllm_span(rx.endpoint)
+        assert rx.settle(1) == 1
+    assert len(read_spans(tmp_path / "outside.jsonl")) == 1 and len(read_spans(tmp_path / "point2.jsonl")) == 1
+    assert read_spans(tmp_path / "point.jsonl") == []
