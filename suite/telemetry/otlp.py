@@ -58,6 +58,54 @@ def span_records(req: ExportTraceServiceRequest, received_ns: int) -> list[dict]
     return out
 
 
+def _set_any(target: AnyValue, v) -> None:
+    if isinstance(v, bool):
+        target.bool_value = v
+    elif isinstance(v, int):
+        target.int_value = v
+    elif isinstance(v, float):
+        target.double_value = v
+    elif isinstance(v, list):
+        for x in v:
+            _set_any(target.array_value.values.add(), x)
+    elif isinstance(v, dict):
+        for k, x in v.items():
+            kv = target.kvlist_value.values.add()
+            kv.key = k
+            _set_any(kv.value, x)
+    else:
+        target.string_value = str(v)
+
+
+def export_request(records: list[dict]) -> ExportTraceServiceRequest:
+    """Stored span records back into the OTLP message they came in (one resource per distinct resource): lets
+    captured spans be replayed to a receiver. Inverse of span_records (bytes attributes come back as strings)."""
+    req = ExportTraceServiceRequest()
+    by_resource: dict[str, list[dict]] = {}
+    for r in records:
+        by_resource.setdefault(json.dumps(r.get("resource", {}), sort_keys=True), []).append(r)
+    for res_key, recs in by_resource.items():
+        rs = req.resource_spans.add()
+        for k, v in json.loads(res_key).items():
+            kv = rs.resource.attributes.add()
+            kv.key = k
+            _set_any(kv.value, v)
+        ss = rs.scope_spans.add()
+        ss.scope.name = recs[0].get("scope", "")
+        for r in recs:
+            s = ss.spans.add()
+            s.trace_id, s.span_id = bytes.fromhex(r["trace_id"]), bytes.fromhex(r["span_id"])
+            s.parent_span_id = bytes.fromhex(r.get("parent_span_id", ""))
+            s.name, s.kind = r["name"], r.get("kind", 0)
+            s.start_time_unix_nano, s.end_time_unix_nano = r["start_ns"], r["end_ns"]
+            s.status.code = r.get("status_code", 0)
+            for k, v in r.get("attributes", {}).items():
+                kv = s.attributes.add()
+                kv.key = k
+                _set_any(kv.value, v)
+    return req
+
+
 class TraceReceiver:
     """OTLP/HTTP receiver on host:port (127.0.0.1 unless configured). Thread-safe; use as a context manager."""
 
