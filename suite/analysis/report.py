@@ -91,6 +91,15 @@ def _gpu_name(gpu_rows_: list[dict], ds) -> tuple[object, str]:
     return None, "no GPU identified (no NVML telemetry, not emulated)"
 
 
+def _hist_prefill(t, dep: str) -> float | None:
+    """No spans: the prefill engine's own prefill-time histogram mean (all classes of the deployment together)."""
+    b = t.breakdown
+    if b is None or b.empty:
+        return None
+    x = b[(b["deployment"] == dep) & (b["metric"] == "prefill_s") & b["role"].isin(["prefill", "colocated"])]
+    return float(x["mean_s"].mean()) if len(x) and x["mean_s"].notna().any() else None
+
+
 def roofline_rows(ds, t, per_req: pd.DataFrame, peak) -> list[dict]:
     from suite.analysis.roofline import class_roofline, decode_concurrency
     from suite.deploy.catalog import get as get_deployment
@@ -127,7 +136,7 @@ def roofline_rows(ds, t, per_req: pd.DataFrame, peak) -> list[dict]:
         for cls, g in mine.groupby("cls", observed=True):
             toks = g["prompt_tokens"].where(g["prompt_tokens"].notna(), g["input_tokens"])
             b = br[br["request_class"] == str(cls)] if len(br) else br
-            measured_pre = float(b["prefill_compute"].mean()) if len(b) else None
+            measured_pre = float(b["prefill_compute"].mean()) if len(b) else _hist_prefill(t, dep)
             kv_meas = float(kv["mean_s"].mean()) if len(kv) else None
             r = class_roofline(m, peak, tp=tp, request_class=str(cls), prompt_tokens=float(toks.mean()),
                                output_tokens=float(g["n_out"].mean()), prefill_measured_s=measured_pre,
@@ -157,7 +166,7 @@ def _roofline_md(rows: list[dict], peak, gpu_note: str, model_note: str) -> str:
                           "of peak", "decode batch", "step GB", "step at peak BW ms", "measured ITL ms", "of peak",
                           "KV MB", "link GB/s", "KV at link ms", "KV measured ms"], body) + (
         "\nPrefill at peak = forward FLOPs of the prompt / (peak x TP); measured = the engine's own prefill compute "
-        "(spans; histograms where there are none) - batched with other requests' tokens, so the fraction is a lower "
+        "(spans; where there are none, the prefill-time histogram mean over all classes) - batched with other requests' tokens, so the fraction is a lower "
         "bound on the engine's efficiency. Step at peak BW = (active weights + KV of the mean decode batch at mean "
         "context) / (HBM bandwidth x TP); measured = mean client inter-token time. KV at link = the prompt's KV "
         "bytes at the measured link bandwidth.\n")
