@@ -168,8 +168,8 @@ def _roofline_md(rows: list[dict], peak, gpu_note: str, model_note: str) -> str:
         "\nPrefill at peak = forward FLOPs of the prompt / (peak x TP); measured = the engine's own prefill compute "
         "(spans; where there are none, the prefill-time histogram mean over all classes) - batched with other "
         "requests' tokens, so the fraction is a lower bound on the engine's efficiency. Step at peak BW = (active "
-        "weights + KV of the mean decode batch at mean context) / (HBM bandwidth x TP); measured = mean client inter-token time. KV at link = the prompt's KV "
-        "bytes at the measured link bandwidth.\n")
+        "weights + KV of the mean decode batch at mean context) / (HBM bandwidth x TP); measured = mean client "
+        "inter-token time. KV at link = the prompt's KV bytes at the measured link bandwidth.\n")
 
 
 def _figure(dists: pd.DataFrame):
