@@ -113,6 +113,9 @@ class Settings(BaseModel):
     OTLP_PORT: int = _port(4318, "Port of the suite's OTLP/HTTP trace receiver (binds BIND_ADDRESS) during runs.")
     GPU_SAMPLE_HZ: float = Field(20.0, ge=10.0, le=100.0,
                                  description="NVML GPU telemetry samples per second during every point (GPU hosts).")
+    DCGM_EXPORTER_IMAGE: str = Field("nvcr.io/nvidia/k8s/dcgm-exporter:3.3.5-3.4.1-ubuntu22.04",
+                                     description="NVIDIA dcgm-exporter image of the optional `dcgm` profile.")
+    DCGM_EXPORTER_PORT: int = _port(9400, "Prometheus port of the optional dcgm-exporter (`--profile dcgm`).")
     ENGINE_START_PERIOD_S: int = Field(900, ge=30, description="Health-check grace period for model load.")
     # --- host driver (no Docker) ---------------------------------------------------------------------
     ENGINE_PREFIX: str = Field(

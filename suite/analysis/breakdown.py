@@ -23,6 +23,7 @@ Not part of TTFT: decode (D, or the engine: first -> last token).
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from pathlib import Path
@@ -65,8 +66,10 @@ def request_phases(sent: float, first: float, spans: list[EngineSpan]) -> dict[s
     return out
 
 
+@functools.lru_cache(maxsize=256)  # the report's sections (time, KV attribution) read the same points
 def point_breakdown(point_dir: Path) -> tuple[pd.DataFrame, dict]:
-    """Per-request phases of one point repetition, and counts of what joined (nothing is dropped silently)."""
+    """Per-request phases of one point repetition, and counts of what joined (nothing is dropped silently).
+    Callers must not modify the returned frame (it is cached)."""
     from suite.load.records import read_records
 
     info = {"records": 0, "ok": 0, "joined": 0, "unmatched_spans": 0, "shape_mismatch": 0, "spans": 0}

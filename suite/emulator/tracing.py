@@ -45,7 +45,8 @@ class SpanEmitter:
         if "pdsuite.role" not in os.environ.get("OTEL_RESOURCE_ATTRIBUTES", ""):
             attrs["pdsuite.role"] = role
         self.provider = TracerProvider(resource=Resource.create(attrs))
-        self.provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint)))
+        # a short export timeout: without a receiver (compose by hand) shutdown must not hold the engine's exit
+        self.provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint, timeout=2)))
         self.tracer = self.provider.get_tracer("vllm.llm_engine")
         self.propagator = TraceContextTextMapPropagator()
 

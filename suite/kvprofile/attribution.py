@@ -68,12 +68,14 @@ def _per_request(h: HistDelta | None, requests: float | None) -> float | None:
 
 def attribute(prefill: RoleDeltas, decode: RoleDeltas, *, ttft_s: float | None = None, requests: float | None = None,
               expected_bps: float | None = None, kv_bytes_per_token: int | None = None,
-              prompt_tokens: float | None = None) -> Attribution:
+              prompt_tokens: float | None = None, span_phases: dict[str, float] | None = None) -> Attribution:
     """TTFT(P/D) = queue on P + prefill on P + KV transfer + first decode step, per request (means).
 
     ttft_s: the client-side mean TTFT (preferred; engine TTFTs miss the router). requests: P/D requests in the
     point (default: the transfer histogram's count). expected_bps: the link bandwidth measured by kvprobe.
     kv_bytes_per_token + prompt_tokens (per request): checks the bytes moved against the KV size model.
+    span_phases: mean per-request phases from the engines' own spans (suite/analysis/breakdown.py); where given,
+    queue and prefill on P and D's first step come from them instead of the histograms.
     """
     warnings: list[str] = []
     side = next((r for r in (decode, prefill) if "kv_transfer_s" in r.hist), None)
@@ -108,6 +110,9 @@ def attribute(prefill: RoleDeltas, decode: RoleDeltas, *, ttft_s: float | None =
         # first decode step: D's first-token time is not exported apart from its queue; one ITL is the estimate
         "first_decode": decode.mean("first_decode_s") or decode.mean("itl_s"),
     }
+    if span_phases:  # per-request engine data beats histogram means (same requests as the client's)
+        comps |= {k: span_phases[p] for k, p in (("queue_p", "prefill_queue"), ("prefill_p", "prefill_compute"),
+                                                  ("first_decode", "decode_first")) if p in span_phases}
     known = sum(v for v in comps.values() if v is not None)
     comps["other"] = ttft_s - known if ttft_s is not None else None
     shares = {k: v / ttft_s for k, v in comps.items() if v is not None and ttft_s}

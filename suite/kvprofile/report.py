@@ -97,6 +97,9 @@ def pd_attributions(ds, m: ModelSize, expected_bps: float | None) -> list[dict]:
     pd_pidx = {int(p) for p, r in roles.items() if {"prefill", "decode"} <= r}
     out = []
     req = ds.requests
+    from suite.analysis.breakdown import dataset_breakdown
+
+    spans, _ = dataset_breakdown(ds.points)  # per-request phases where the engines sent spans
     for (dep, point), g in ds.points.groupby(["deployment", "point"], sort=True):
         pidx = [int(p) for p in g.index if int(p) in pd_pidx]
         if not pidx:
@@ -106,12 +109,17 @@ def pd_attributions(ds, m: ModelSize, expected_bps: float | None) -> list[dict]:
         ttft = float(mine["ttft"].mean()) if len(mine) else None
         toks = mine["prompt_tokens"].where(mine["prompt_tokens"].notna(), mine["input_tokens"]) if len(mine) else None
         prompt = float(toks.mean()) if toks is not None and toks.notna().any() else None
+        mine_spans = spans[(spans["deployment"] == dep) & (spans["point"] == point)] if len(spans) else spans
+        phases = ({c: float(mine_spans[c].mean()) for c in ("prefill_queue", "prefill_compute", "decode_first")
+                   if c in mine_spans} if len(mine_spans) else None)
         a = attribute(rd["prefill"], rd["decode"], ttft_s=ttft if ttft and not math.isnan(ttft) else None,
-                      expected_bps=expected_bps, kv_bytes_per_token=m.kv_bytes_per_token(), prompt_tokens=prompt)
+                      expected_bps=expected_bps, kv_bytes_per_token=m.kv_bytes_per_token(), prompt_tokens=prompt,
+                      span_phases=phases)
         wait = rd["decode"].mean("kv_wait_s")
         out.append(a.to_dict() | {"deployment": dep, "point": point, "framework": g.iloc[0]["framework"],
                                   "emulated": bool(g["emulated"].any()), "prompt_tokens": prompt,
-                                  "client_requests": len(mine), "decode_kv_wait_s": wait})
+                                  "client_requests": len(mine), "decode_kv_wait_s": wait,
+                                  "from_spans": bool(phases)})
     return out
 
 
@@ -142,7 +150,8 @@ def _attribution_md(attrs: list[dict], emulated: bool) -> str:
     rows = []
     for a in attrs:
         c = a["components_s"]
-        rows.append([a["deployment"], a["point"], f"{a['client_requests']}", _ms(a["ttft_s"]), _ms(c["queue_p"]),
+        dep = a["deployment"] + (" *" if a.get("from_spans") else "")
+        rows.append([dep, a["point"], f"{a['client_requests']}", _ms(a["ttft_s"]), _ms(c["queue_p"]),
                      _ms(c["prefill_p"]), _ms(c["transfer"]), _ms(c["first_decode"]), _ms(c["other"]),
                      _pct(a["shares"].get("transfer")),
                      "-" if a["transfer_bytes"] is None else f"{a['transfer_bytes'] / 1e6:.1f}",
@@ -153,7 +162,9 @@ def _attribution_md(attrs: list[dict], emulated: bool) -> str:
                  "achieved GB/s", "D waited for KV ms"], rows)
     md += ("\nMeans per request. TTFT(P/D) = queue on P + prefill on P + KV transfer + first decode step + rest "
            "(router, HTTP, D's queue; the client TTFT minus the engines' parts). First decode = D's first step "
-           "where the engine exports it, else one mean ITL. \"D waited for KV\" (where exported) spans P's queue, "
+           "where the engine exports it, else one mean ITL; queue, prefill and first decode come from the engines' "
+           "request spans where they sent them (marked *), from their histograms otherwise. "
+           "\"D waited for KV\" (where exported) spans P's queue, "
            "prefill and the transfer, so it is a cross-check, not an extra component.\n")
     warn = [(a, w) for a in attrs for w in a["warnings"]]
     if warn:

@@ -24,7 +24,8 @@ MS = {"ttft_p50", "ttft_p90", "ttft_p99", "itl_p50", "itl_p99", "tpot_p50", "e2e
 FIG_TITLES = {"ttft_vs_input": "TTFT vs input length", "cdf_ttft_itl": "TTFT and ITL distributions",
               "vs_rate": "TTFT and goodput vs request rate", "topologies": "Deployments side by side",
               "server_breakdown": "Server-side time per request", "kv_transfer": "KV transfer vs link bandwidth",
-              "kv_ttft_decomposition": "TTFT(P/D) decomposition"}
+              "kv_ttft_decomposition": "TTFT(P/D) decomposition",
+              "ttft_breakdown": "TTFT per request, phase by phase (engine spans)"}
 KV_HOOK = "suite.kvprofile.report"  # optional: section(tables, dataset) -> {"markdown": str, "figures": {name: fig}}
 
 
@@ -137,13 +138,20 @@ def write(ds: Dataset, t: Tables, name: str, out_root: str | Path) -> Path:
     from suite.report.llmd import export
 
     hook = _kv_hook(t, ds)
+    from suite.analysis.report import section as time_section
+
+    timing = time_section(t, ds)  # per-request phases, GPU telemetry, roofline (docs/time-breakdown.md)
+    for fname, df in timing["csvs"].items():
+        df.to_csv(out / fname, index=False)
+    csvs |= timing["csvs"]
     figs = all_figures(t, skip=set(hook.get("figures", {}))) | hook.get("figures", {})  # the hook's replace ours
+    figs |= timing["figures"]
     pngs = {k: _png(f) for k, f in figs.items()}
     for k, data in pngs.items():
         (out / "figures" / f"{k}.png").write_bytes(data)
     llmd = export(ds, t, out / "llmd")
 
-    md = _markdown(ds, t, name, list(pngs), csvs, hook.get("markdown", ""), llmd)
+    md = _markdown(ds, t, name, list(pngs), csvs, hook.get("markdown", "") + timing["markdown"], llmd)
     (out / "report.md").write_text(md)
     (out / "index.html").write_text(_html(md, pngs))
     return out

@@ -7,6 +7,7 @@ Nothing here fails a point: a port in use or a host without NVML becomes a note 
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from suite.telemetry.nvml import GpuSampler, gpu_labels
@@ -25,7 +26,7 @@ class RunTelemetry:
         if settings.TRACING == "on":
             try:
                 self.receiver = TraceReceiver(settings.BIND_ADDRESS, settings.OTLP_PORT).start()
-                self.receiver.sink(dep_dir / OUTSIDE_POINTS)
+                self.receiver.outside(dep_dir / OUTSIDE_POINTS)
             except OSError as e:
                 self.receiver = None
                 self.notes.append(f"no request spans: the OTLP receiver could not bind "
@@ -48,8 +49,8 @@ class RunTelemetry:
 
     def point_start(self, folder: Path) -> None:
         self._in_point = True
-        if self.receiver is not None:
-            self.receiver.sink(folder / SPANS_FILE)
+        if self.receiver is not None:  # spans of requests that arrive from now on belong to this point
+            self.receiver.sink(folder / SPANS_FILE, since_ns=time.time_ns())
         self._sampler = GpuSampler(gpu_labels(self.dep, self.settings), self.settings.GPU_SAMPLE_HZ)
         note = self._sampler.start()
         if note:
@@ -70,7 +71,7 @@ class RunTelemetry:
             self._sampler = None
         if self.receiver is not None:
             got = self.receiver.settle(expected_spans)
-            self.receiver.sink(self.dep_dir / OUTSIDE_POINTS)
+            self.receiver.sink(None)
             out["spans"] = {"file": SPANS_FILE if got else None, "received": got, "expected": expected_spans,
                             "endpoint": self.receiver.endpoint}
         if self.notes:

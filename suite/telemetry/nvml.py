@@ -35,14 +35,13 @@ def gpu_labels(dep, settings) -> dict[int, GpuLabel]:
     if dep.backend.value != "gpu":
         return {}
     labels: dict[int, GpuLabel] = {}
-    replicas = [e for e in dep.engines if e.role.value == "colocated"]
     for eng in dep.engines:
         if not eng.gpu_vars or not eng.cuda_devices:
             continue
         host = sorted(int(getattr(settings, v)) for v in eng.gpu_vars)
         for rank, ordinal in enumerate(int(c) for c in eng.cuda_devices.split(",")):
             if ordinal < len(host):
-                replica = replicas.index(eng) if eng in replicas else eng.index
+                replica = [e for e in dep.engines if e.role is eng.role].index(eng)  # n-th engine of its role
                 old = labels.get(host[ordinal])
                 new = GpuLabel(eng.role.value, eng.name, rank, replica)
                 # two engines on one GPU (P and D sharing it): keep both names

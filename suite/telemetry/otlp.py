@@ -58,6 +58,54 @@ def span_records(req: ExportTraceServiceRequest, received_ns: int) -> list[dict]
     return out
 
 
+def _set_any(target: AnyValue, v) -> None:
+    if isinstance(v, bool):
+        target.bool_value = v
+    elif isinstance(v, int):
+        target.int_value = v
+    elif isinstance(v, float):
+        target.double_value = v
+    elif isinstance(v, list):
+        for x in v:
+            _set_any(target.array_value.values.add(), x)
+    elif isinstance(v, dict):
+        for k, x in v.items():
+            kv = target.kvlist_value.values.add()
+            kv.key = k
+            _set_any(kv.value, x)
+    else:
+        target.string_value = str(v)
+
+
+def export_request(records: list[dict]) -> ExportTraceServiceRequest:
+    """Stored span records back into the OTLP message they came in (one resource per distinct resource): lets
+    captured spans be replayed to a receiver. Inverse of span_records (bytes attributes come back as strings)."""
+    req = ExportTraceServiceRequest()
+    by_resource: dict[str, list[dict]] = {}
+    for r in records:
+        by_resource.setdefault(json.dumps(r.get("resource", {}), sort_keys=True), []).append(r)
+    for res_key, recs in by_resource.items():
+        rs = req.resource_spans.add()
+        for k, v in json.loads(res_key).items():
+            kv = rs.resource.attributes.add()
+            kv.key = k
+            _set_any(kv.value, v)
+        ss = rs.scope_spans.add()
+        ss.scope.name = recs[0].get("scope", "")
+        for r in recs:
+            s = ss.spans.add()
+            s.trace_id, s.span_id = bytes.fromhex(r["trace_id"]), bytes.fromhex(r["span_id"])
+            s.parent_span_id = bytes.fromhex(r.get("parent_span_id", ""))
+            s.name, s.kind = r["name"], r.get("kind", 0)
+            s.start_time_unix_nano, s.end_time_unix_nano = r["start_ns"], r["end_ns"]
+            s.status.code = r.get("status_code", 0)
+            for k, v in r.get("attributes", {}).items():
+                kv = s.attributes.add()
+                kv.key = k
+                _set_any(kv.value, v)
+    return req
+
+
 class TraceReceiver:
     """OTLP/HTTP receiver on host:port (127.0.0.1 unless configured). Thread-safe; use as a context manager."""
 
@@ -66,6 +114,8 @@ class TraceReceiver:
         self._lock = threading.Lock()
         self._sink: IO[str] | None = None
         self._sink_path: Path | None = None
+        self._since_ns = 0
+        self._outside: IO[str] | None = None
         self.received = 0  # spans written to the current sink
         self.total = 0
         self.rejected = 0  # bodies that were not an ExportTraceServiceRequest
@@ -128,20 +178,34 @@ class TraceReceiver:
         with self._lock:
             self.total += len(records)
             self.last_span_at = time.monotonic()
-            if self._sink is None:
-                return
-            for r in records:
-                self._sink.write(json.dumps(r, separators=(",", ":")) + "\n")
-            self._sink.flush()
-            self.received += len(records)
+            in_point = [self._sink is not None and r["start_ns"] >= self._since_ns for r in records]
+            mine = [r for r, m in zip(records, in_point, strict=True) if m]
+            rest = [r for r, m in zip(records, in_point, strict=True) if not m]
+            for f, recs in ((self._sink, mine), (self._outside, rest)):
+                if f is not None and recs:
+                    f.write("".join(json.dumps(r, separators=(",", ":")) + "\n" for r in recs))
+                    f.flush()
+            self.received += len(mine)
 
-    def sink(self, path: Path | None) -> int:
-        """Write spans from now on to `path` (appending; None: drop them). Returns how many went to the old sink."""
+    def outside(self, path: Path | None) -> None:
+        """Where spans go that belong to no point: requests that arrived before the current point started
+        (warm-up, a previous point's last spans) or came while no point runs."""
+        with self._lock:
+            if self._outside is not None:
+                self._outside.close()
+            self._outside = None
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self._outside = open(path, "a")  # noqa: SIM115 - closed by the next outside() / stop()
+
+    def sink(self, path: Path | None, since_ns: int = 0) -> int:
+        """Write spans of requests that arrived at or after `since_ns` (epoch ns) to `path` from now on (appending;
+        None: no point runs). Returns how many went to the previous sink."""
         with self._lock:
             n = self.received
             if self._sink is not None:
                 self._sink.close()
-            self._sink, self._sink_path, self.received = None, path, 0
+            self._sink, self._sink_path, self.received, self._since_ns = None, path, 0, since_ns
             if path is not None:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 self._sink = open(path, "a")  # noqa: SIM115 - closed by the next sink() / stop()
@@ -165,6 +229,7 @@ class TraceReceiver:
             self._server.server_close()
             self._server = None
         self.sink(None)
+        self.outside(None)
 
     def __enter__(self) -> TraceReceiver:
         return self.start()

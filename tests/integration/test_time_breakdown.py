@@ -69,3 +69,42 @@ def test_phases_add_up_to_client_ttft(run, dep):
     assert long["prefill_compute"].mean() > short["prefill_compute"].mean()
     if "disagg" in dep:  # D's queue holds the KV transfer, which the emulator models for every P/D request
         assert (df["kv_wait"] > 0).all()
+
+
+def test_report_section(run, tmp_path):
+    from suite.report import render
+    from suite.report.load import load
+    from suite.report.tables import build
+
+    ds = load([run])
+    out = render.write(ds, build(ds, {}, b=50), "t", tmp_path)
+    md = (out / "report.md").read_text()
+    sec = md[md.index("## Where the time goes"):md.index("## Figures")]
+    assert "EMULATED" in sec and "**emu-vllm-disagg / long**: TTFT" in sec and "D queue: KV transfer + wait" in sec
+    assert "no GPU telemetry" in sec  # this host has no NVML: one note
+    assert "H100 SXM" in sec and "emulator hardware profile" in sec  # roofline keyed by the emulator's profile
+    assert (out / "figures" / "ttft_breakdown.png").is_file()
+    import pandas as pd
+
+    roof = pd.read_csv(out / "roofline.csv")
+    assert set(roof["request_class"]) == {"long", "short"}
+    long = roof[(roof.deployment == "emu-vllm-disagg") & (roof.request_class == "long")].iloc[0]
+    assert 0 < long.prefill_fraction <= 1.0 and 0 < long.decode_fraction <= 1.0  # no engine beats the bound
+    assert long.prefill_bound_s > roof[(roof.deployment == "emu-vllm-disagg")
+                                       & (roof.request_class == "short")].iloc[0].prefill_bound_s
+    per_req = pd.read_csv(out / "time_breakdown_requests.csv")
+    assert len(per_req) == int(ds.requests["ok"].sum())  # every ok request has its phases
+
+
+def test_kv_attribution_uses_the_spans(run):
+    from suite.kvprofile.report import pd_attributions, resolve_model
+    from suite.report.load import load
+
+    ds = load([run])
+    [a] = pd_attributions(ds, resolve_model(ds)[0], None)
+    assert a["deployment"] == "emu-vllm-disagg" and a["from_spans"]
+    from suite.analysis.breakdown import point_breakdown
+
+    df, _ = point_breakdown(run / "emu-vllm-disagg" / "p" / "rep0")
+    assert abs(a["components_s"]["prefill_p"] - df["prefill_compute"].mean()) < 1e-9
+    assert abs(a["components_s"]["queue_p"] - df["prefill_queue"].mean()) < 1e-9

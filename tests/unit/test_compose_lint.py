@@ -17,8 +17,9 @@ from suite.deploy.compose import render
 from suite.deploy.model import Backend, Role, Topology
 
 REF = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
-# cap_add entries that are documented (docs/gpu-runbook.md) - none today: CUDA IPC needs ipc/pid host, not caps.
-ALLOWED_CAPS: set[str] = set()
+# cap_add entries that are documented, per service: CUDA IPC needs ipc/pid host, not caps; only the optional
+# dcgm-exporter (profile dcgm) takes SYS_ADMIN, which DCGM's profiling fields need (docs/time-breakdown.md).
+ALLOWED_CAPS: dict[str, set[str]] = {"dcgm-exporter": {"SYS_ADMIN"}}
 
 
 def resolve(text: str, env: dict[str, str] | None = None) -> str:
@@ -52,7 +53,7 @@ def servers(services: dict[str, dict]):
 
 def test_every_deployment_is_a_profile_with_its_services(services):
     profiles = {p for s in services.values() for p in s["profiles"]}
-    assert profiles == set(deployments()) | {"locust"}
+    assert profiles == set(deployments()) | {"locust", "dcgm"}
     for dep in deployments().values():
         in_profile = {n for n, s in services.items() if dep.name in s["profiles"]}
         assert set(dep.services) <= in_profile, dep.name
@@ -66,6 +67,8 @@ def test_servers_bind_the_configured_address(services):
         # locust's --host is its target; its master listens for workers on --master-bind-host (default: all)
         if "locust" in args:
             hosts = [opt(args, "--web-host"), opt(args, "--master-bind-host")]
+        elif name == "dcgm-exporter":  # listens on DCGM_EXPORTER_LISTEN (host:port)
+            hosts = [svc["environment"]["DCGM_EXPORTER_LISTEN"].split("}:", 1)[0] + "}"]
         elif svc["labels"]["pdsuite.role"] == "kvpool" and "emulate" not in args:
             # LMCache server: `-m lmcache.v1.server HOST PORT cpu`; Mooncake master: --rpc_address=, --*_host=
             binds = ("--rpc_address=", "--http_metadata_server_host=")
@@ -95,7 +98,7 @@ def test_a_wildcard_bind_address_is_visible_in_settings_not_hidden():
 def test_no_privileged_containers_or_undocumented_caps(services):
     for name, svc in services.items():
         assert not svc.get("privileged", False), name
-        assert set(svc.get("cap_add", [])) <= ALLOWED_CAPS, (name, svc.get("cap_add"))
+        assert set(svc.get("cap_add", [])) <= ALLOWED_CAPS.get(name, set()), (name, svc.get("cap_add"))
         assert "devices" not in svc, name  # GPUs come only through deploy reservations
         assert not any(str(v).startswith("/var/run/docker.sock") for v in svc.get("volumes", [])), name
 

@@ -64,3 +64,11 @@ def test_no_nvml_is_a_note(fake_nvml, tmp_path, env, why):
 def test_no_pynvml_installed_is_a_note(monkeypatch):
     monkeypatch.setitem(sys.modules, "pynvml", None)  # import fails
     assert "not installed" in GpuSampler({}).start()
+
+
+def test_labels_shared_gpu_and_xpyd():
+    one = gpu_labels(get_deployment("vllm-disagg-1gpu"), Settings())
+    assert {g: (lab.role, lab.engine) for g, lab in one.items()} == {0: ("prefill+decode", "prefill+decode")}
+    xpyd = gpu_labels(get_deployment("vllm-1p2d"), Settings())
+    assert {g: (lab.engine, lab.replica) for g, lab in xpyd.items()} == {
+        0: ("prefill", 0), 1: ("decode0", 0), 2: ("decode1", 1)}
