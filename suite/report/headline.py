@@ -8,6 +8,7 @@ where along load and prompt length P/D wins or loses. The same lines go to repor
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -266,3 +267,21 @@ def table(g: pd.DataFrame) -> str:
             cells.append(f"**{txt}**" if r["significant"] else txt)
         lines_.append(f"| {head} | {cls} | " + " | ".join(cells) + " |")
     return "\n".join(lines_) + "\n"
+
+
+def for_run(results: str | Path, b: int = 1000) -> list[str]:
+    """The headline of one results tree, as console lines (what `pdsuite run` prints when it ends)."""
+    from suite.report.cli import plan_slos
+    from suite.report.load import load
+    from suite.report.tables import build
+    from suite.stats import DEFAULT_SLO
+
+    ds = load([results])
+    slos = plan_slos(ds)
+    for cls in ds.requests["cls"].cat.categories if len(ds.requests) else []:
+        slos.setdefault(str(cls), DEFAULT_SLO)
+    t = build(ds, slos, b)
+    head = ["Headline: P/D against the co-located baselines (change with 95% CI; negative = lower)"]
+    if ds.emulated:
+        head.append("EMULATED engines: shows how the suite reports, not how engines perform. " + EMULATOR_LIMITS)
+    return head + lines(t.headline)

@@ -16,8 +16,8 @@ from suite.report.headline import DAGGER, FEW_NOTE
 from suite.report.load import Dataset
 from suite.report.tables import Tables
 
-SUMMARY_COLS = [("deployment", "deployment"), ("point", "point"), ("offered_rps", "point offered req/s"), ("cls", "class"),
-                ("reps", "reps"),
+SUMMARY_COLS = [("deployment", "deployment"), ("point", "point"), ("offered_rps", "point offered req/s"),
+                ("cls", "class"), ("reps", "reps"),
                 ("requests", "requests"), ("errors", "errors"), ("timeouts", "timeouts"),
                 ("ttft_p50", "TTFT p50 ms"), ("ttft_p90", "TTFT p90 ms"), ("ttft_p99", "TTFT p99 ms"),
                 ("itl_p50", "ITL p50 ms"), ("itl_p99", "ITL p99 ms"), ("tpot_p50", "TPOT p50 ms"),
