@@ -181,22 +181,31 @@ def topologies(s: pd.DataFrame):
         return None
     cols = (("ttft_p50", "TTFT p50 ms"), ("ttft_p99", "TTFT p99 ms"), ("tpot_p50", "TPOT p50 ms"))
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.8))
-    labels = [f"{p}\n{c}" for p, c in s[["point", "cls"]].drop_duplicates().itertuples(index=False)]
-    keys = list(s[["point", "cls"]].drop_duplicates().itertuples(index=False, name=None))
+    order = s.sort_values(["rate_rps", "point", "input_tokens_mean"], kind="stable")
+    keys = list(order[["point", "cls"]].drop_duplicates().itertuples(index=False, name=None))
+    labels = [f"{p}\n{c}" for p, c in keys]
     deps = sorted(s["deployment"].unique())
     w = 0.8 / max(1, len(deps))
+    any_few = False
     for ax, (col, title) in zip(axes, cols, strict=True):
         for i, dep in enumerate(deps):
             g = s[s["deployment"] == dep].set_index(["point", "cls"]).reindex(keys)
             v, e = _err(g.reset_index(), col)
-            ax.bar(np.arange(len(keys)) + i * w, v, w, yerr=e, capsize=2, label=dep)
+            bars = ax.bar(np.arange(len(keys)) + i * w, v, w, yerr=e, capsize=2, label=dep)
+            few = g.get(f"{col}_few", pd.Series(False, index=g.index)).fillna(False).astype(bool).to_numpy()
+            for bar, f in zip(bars, few, strict=True):
+                if f:  # too few samples for this percentile: hatched
+                    bar.set_hatch("///")
+                    bar.set_edgecolor("white")
+            any_few |= bool(few.any())
         ax.set_xticks(np.arange(len(keys)) + w * (len(deps) - 1) / 2, labels, fontsize=6)
         ax.set_title(title)
         ax.grid(alpha=0.3, axis="y")
     names = {"disagg": "P/D", "colocated": "co-located", "tp2": "TP=2", "dp2": "two replicas"}
     topos = set(s["topology"])
     present = [names[t] for t in names if t in topos] + sorted(topos - set(names))
-    fig.suptitle(" vs ".join(present) + " at each point and class (95% CI)")
+    fig.suptitle(" vs ".join(present) + " at each point and class (95% CI)"
+                 + ("; hatched: too few samples" if any_few else ""))
     _legend_below(fig, axes[0].get_legend_handles_labels()[0])
     return fig
 

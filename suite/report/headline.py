@@ -82,8 +82,13 @@ def headline_rows(summary: pd.DataFrame, store: dict, b: int) -> pd.DataFrame:
                             "input_tokens_mean": r["input_tokens_mean"], "metric": label, "delta_pct": e.value,
                             "ci_low": e.ci_low, "ci_high": e.ci_high, "significant": sig,
                             "better": bool(sig and ((e.value < 0) == lower_better)), "few": few,
-                            "paired": paired, "pairs": e.reps})
-    return pd.DataFrame(out)
+                            "paired": paired, "pairs": e.reps, "_m": mi})
+    if not out:
+        return pd.DataFrame()
+    # reading order: light load first, short prompts first, metrics as METRICS lists them
+    h = pd.DataFrame(out).sort_values(["framework", "deployment", "baseline", "rate_rps", "point",
+                                       "input_tokens_mean", "_m"], kind="stable", na_position="last")
+    return h.drop(columns="_m").reset_index(drop=True)
 
 
 # ---- text ----------------------------------------------------------------------------------------------------
@@ -150,26 +155,37 @@ def verdict(g: pd.DataFrame) -> str:
 
 
 def crossovers(g: pd.DataFrame) -> list[str]:
-    """Where P/D flips from winning to losing (or back) between neighbouring measured points: along the offered
-    rate for one class, and along prompt length (classes by mean input tokens) at one point."""
-    out = []
+    """Where the verdict changes between neighbouring measured points: along the offered rate for one class, and
+    along prompt length (classes by mean input tokens) at one point. A flip from a significant win to a significant
+    loss is a crossover; a win or loss next to no significant difference is where the effect fades or sets in (only
+    between estimates that rest on enough samples)."""
+    found: dict[tuple, list[str]] = {}
     for metric in dict.fromkeys(g["metric"]):
         m = g[g["metric"] == metric].copy()
         m["x_rate"] = m["offered_rps"].where(np.isfinite(m["offered_rps"].astype(float)), m["rate_rps"])
-        for axis, fixed, order, unit in (("load", "cls", "x_rate", "req/s"),
-                                         ("prompt length", "point", "input_tokens_mean", "tokens")):
+        for axis, fixed, order, fmt in (("load", "cls", "x_rate", "{:.1f} req/s"),
+                                        ("prompt length", "point", "input_tokens_mean", "~{:.0f} input tokens")):
             for key, s in m.groupby(fixed, sort=False):
                 s = s[np.isfinite(s[order].astype(float))].sort_values(order)
                 if len(s) < 2 or s[order].nunique() < 2:
                     continue
-                state = [("wins" if r["better"] else "loses") if r["significant"] else None for _, r in s.iterrows()]
-                for (i, a), (j, c) in zip(list(enumerate(state))[:-1], list(enumerate(state))[1:], strict=True):
-                    if a and c and a != c:
-                        ra, rc = s.iloc[i], s.iloc[j]
-                        out.append(f"{metric}, along {axis} ({fixed} {key}): P/D {a} at {ra[order]:.3g} {unit} "
-                                   f"({change(ra)}) and {c} at {rc[order]:.3g} {unit} ({change(rc)}): the crossover "
-                                   "lies between them")
-    return out
+                state = [("wins" if r["better"] else "loses") if r["significant"] else "no significant difference"
+                         for _, r in s.iterrows()]
+                for i in range(len(s) - 1):
+                    a, c, ra, rc = state[i], state[i + 1], s.iloc[i], s.iloc[i + 1]
+                    flip = {a, c} == {"wins", "loses"}
+                    if a == c or (not flip and (ra["few"] or rc["few"])):
+                        continue
+                    kind = "crossover" if flip else "fades" if c.startswith("no") else "sets in"
+                    head = (metric, axis, f"{_state(a)} at {fmt.format(ra[order])}",
+                            f"{_state(c)} at {fmt.format(rc[order])}", kind)
+                    found.setdefault(head, []).append(f"{key}: {change(ra)} -> {change(rc)}")
+    return [f"{metric} along {axis}: {a}, {c} - {kind} ({'; '.join(v)})"
+            for (metric, axis, a, c, kind), v in found.items()]
+
+
+def _state(s: str) -> str:
+    return s if s.startswith("no") else f"P/D {s}"
 
 
 def _wins_losses(g: pd.DataFrame) -> str:
@@ -209,7 +225,7 @@ def lines(h: pd.DataFrame) -> list[str]:
             last = fw
         out.append(f"  vs {label} ({base}): {_wins_losses(g)}.")
         out.append(f"    {verdict(g)}.")
-        out += [f"    Crossover: {c}." for c in crossovers(g)]
+        out += [f"    Where it changes: {c}." for c in crossovers(g)]
     if h["few"].any():
         out.append(FEW_NOTE)
     return out
@@ -240,9 +256,9 @@ def markdown(h: pd.DataFrame, emulated: bool) -> str:
         p.append(f"\n**vs {label}** (`{base}`): {_wins_losses(g)}.\n\n")
         p.append(f"- {verdict(g)}.\n")
         cross = crossovers(g)
-        p += [f"- Crossover: {c}.\n" for c in cross] or [
-            "- Crossover: none between neighbouring measured points (no statistic flips from a significant win to "
-            "a significant loss).\n"]
+        p += [f"- Where it changes: {c}.\n" for c in cross] or [
+            "- Where it changes: nowhere the measured points firmly show (changes between † estimates are not "
+            "claimed).\n"]
         p.append("\n" + table(g))
     if h["few"].any():
         p.append(f"\n{FEW_NOTE}\n")

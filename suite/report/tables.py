@@ -281,7 +281,8 @@ def _kv_rows(ds: Dataset) -> pd.DataFrame:
     m = m.merge(has, on=["pidx", "role"])  # only engines that recorded transfers
     out = []
     for (pidx, role), g in m.groupby(["pidx", "role"], observed=True):
-        v = g.set_index("metric")
+        # engines sharing a role (dp2 replicas) add up
+        v = g.groupby("metric", observed=True)[["value", "count", "sum"]].sum(min_count=1)
         if "kv_transfer_s" not in v.index or not v.loc["kv_transfer_s", "count"]:
             continue
         n = float(v.loc["kv_transfer_s", "count"])
