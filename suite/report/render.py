@@ -264,7 +264,7 @@ def _load_md(t: Tables) -> str:
     g = s.groupby(["deployment", "point"], sort=False).agg(
         target=("rate_rps", "first"), offered=("offered_rps", "first"), requests=("requests", "sum"),
         ok=("ok", "sum"), reps=("reps", "max"), req_per_s=("req_per_s", "sum"),
-        goodput=("goodput_rps", "sum")).reset_index()
+        goodput=("goodput_rps", "sum")).reset_index().sort_values(["deployment", "target", "point"], kind="stable")
 
     def num(v, fmt="{:.2f}"):
         return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else fmt.format(v)
