@@ -101,7 +101,16 @@ class Settings(BaseModel):
     # --- extra engine arguments ----------------------------------------------------------------------
     VLLM_EXTRA_ARGS: str = Field("", description="Appended to every vLLM engine command line.")
     SGLANG_EXTRA_ARGS: str = Field("", description="Appended to every SGLang engine command line.")
+    SHARED_GPU_MEMORY_FRACTION: float = Field(
+        0.4, gt=0.05, le=0.48,
+        description="Fraction of the GPU each engine takes where P and D share one GPU (*-1gpu deployments).")
     ENGINE_START_PERIOD_S: int = Field(900, ge=30, description="Health-check grace period for model load.")
+    # --- host driver (no Docker) ---------------------------------------------------------------------
+    ENGINE_PREFIX: str = Field(
+        "", description="Host driver: where engines and routers are installed, colon-separated venvs or `pip "
+        "install --target` folders (scripts/wheelhouse.py install); their bin/ goes first on PATH. Empty: PATH.")
+    HOST_STATE_DIR: str = Field(
+        "~/.cache/pdsuite/host", description="Host driver: state files naming the process groups it started.")
     # --- emulator ----------------------------------------------------------------------------------
     EMU_HARDWARE: str = Field("h100", description="Emulator hardware profile (see docs/emulator.md).")
     EMU_MODEL_CONFIG: str = Field("llama-3.1-8b",

@@ -34,6 +34,13 @@ class Framework:
     entrypoint: ClassVar[list[str] | None]  # None: keep the image's entrypoint
     cpu_topologies: ClassVar[tuple[Topology, ...]] = ()  # topologies with a real CPU backend
     health_path: ClassVar[str] = "/health"
+    # the engine image's entrypoint: what the host driver runs in front of the compose command line
+    image_entrypoint: ClassVar[list[str]]
+    # where the engine says which version it is (the report records what ran, not what the settings name)
+    version_path: ClassVar[str | None] = None
+    version_key: ClassVar[str] = "version"
+    # regexes for the log line that names why an engine failed to start (the host driver quotes the first match)
+    failure_patterns: ClassVar[tuple[str, ...]] = ()
     # normalised metric name -> native family (engine /metrics and router /metrics)
     engine_metrics: ClassVar[dict[str, MetricMap]]
     router_metrics: ClassVar[dict[str, MetricMap]]
@@ -108,6 +115,11 @@ def _load() -> None:
 
     for module in FRAMEWORK_MODULES:  # each registers itself on import
         importlib.import_module(module)
+
+
+def memory_fraction(dep: Deployment) -> str:
+    """Engines that share one GPU each take SHARED_GPU_MEMORY_FRACTION of it; others GPU_MEMORY_FRACTION."""
+    return "${SHARED_GPU_MEMORY_FRACTION}" if dep.shared_gpu else "${GPU_MEMORY_FRACTION}"
 
 
 def url(port_setting: str) -> str:

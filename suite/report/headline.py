@@ -15,8 +15,12 @@ import pandas as pd
 
 from suite.stats import compare, compare_reps, too_few
 
-PD_TOPOLOGIES = ("disagg", "disagg-kvpool", "1p2d", "2p1d")
-BASELINES = {"colocated": "TP=1 co-located", "tp2": "TP=2", "dp2": "two TP=1 replicas"}
+BASELINES = {"colocated": "TP=1 co-located", "tp2": "TP=2", "dp2": "two TP=1 replicas",
+             "colocated-1gpu": "co-located on the same GPU"}
+# P/D topology -> the baselines it is compared with (a one-GPU P/D only with the engine of the same memory share)
+PD_BASELINES = {t: ("colocated", "tp2", "dp2") for t in ("disagg", "disagg-kvpool", "1p2d", "2p1d")} | {
+    "disagg-1gpu": ("colocated-1gpu",)}
+PD_TOPOLOGIES = tuple(PD_BASELINES)
 # (store key, quantile or None for a per-repetition scalar, label, lower is better)
 METRICS = (("ttft", 0.5, "TTFT p50", True), ("ttft", 0.99, "TTFT p99", True), ("itl", 0.99, "ITL p99", True),
            ("out_tok_per_s", None, "throughput", False))
@@ -60,7 +64,7 @@ def headline_rows(summary: pd.DataFrame, store: dict, b: int) -> pd.DataFrame:
     idx = {(r["deployment"], r["point"], r["cls"]): r for _, r in summary.iterrows()}
     for _, r in summary[summary["topology"].isin(PD_TOPOLOGIES)].iterrows():
         bases = summary[(summary["framework"] == r["framework"]) & (summary["backend"] == r["backend"])
-                        & summary["topology"].isin(list(BASELINES)) & (summary["point"] == r["point"])
+                        & summary["topology"].isin(PD_BASELINES[r["topology"]]) & (summary["point"] == r["point"])
                         & (summary["cls"] == r["cls"])]
         for _, base in bases.iterrows():
             ka, kb = (r["deployment"], r["point"], r["cls"]), (base["deployment"], r["point"], r["cls"])

@@ -150,6 +150,7 @@ def _run_deployment(plan: Plan, settings: Settings, name: str, todo: list, out: 
                 return plan.on_failure == "stop"
             finally:
                 tm.up_s += time.monotonic() - t_up
+            driver.versions = driver.engine_versions()  # what actually runs, asked of the engines
             t_ready = time.monotonic()
             if cluster.procs:  # what Locust's start takes beyond the deployment's start is overhead
                 try:
@@ -192,16 +193,20 @@ def _run_deployment(plan: Plan, settings: Settings, name: str, todo: list, out: 
 def _point_result(plan: Plan, settings: Settings, name: str, label: str, rep: int, spec: dict,
                   driver: Driver | None) -> PointResult:
     from suite.load.spec import LoadSpec
+    from suite.plan import repetition_spec
 
     dep = get_deployment(name)
     try:
-        workload = LoadSpec(**spec).to_workload()
+        workload = LoadSpec(**repetition_spec(spec, rep)).to_workload()  # the seed this repetition ran with
+        workload.plan_seed = int(spec.get("seed", 0))
     except Exception:
         workload = Workload(arrival=str(spec.get("arrival", {}).get("kind", "?")))
     services = {s.name: s.role for s in driver.services} if driver else {}
     return PointResult(deployment=name, framework=dep.framework, topology=dep.topology.value,
                        backend=dep.backend.value, emulated=dep.emulated, point=label, repetition=rep,
-                       workload=workload, started_at=now(), services=services)
+                       workload=workload, started_at=now(), services=services, caveat=dep.caveat,
+                       engine_versions=getattr(driver, "versions", {}) if driver else {},
+                       driver=driver.kind if driver else None)
 
 
 def _run_point(plan: Plan, settings: Settings, driver: Driver, name: str, label: str, spec: dict, rep: int,
@@ -224,7 +229,10 @@ def _run_point(plan: Plan, settings: Settings, driver: Driver, name: str, label:
         t = time.monotonic()
         snapshot(urls, tmp / "metrics" / "before")
         pt["scrape_before_s"] = time.monotonic() - t
-        load_spec = resolve_spec(LoadSpec(**spec), name, settings)  # framework's prompt form, tokenizer
+        from suite.plan import repetition_spec
+
+        # framework's prompt form, tokenizer; this repetition's own arrivals and prompts, the same on every deployment
+        load_spec = resolve_spec(LoadSpec(**repetition_spec(spec, rep)), name, settings)
         t, t_wall = time.monotonic(), time.time()
         try:
             summary = run_load(driver.endpoint, settings.MODEL, load_spec, tmp, workers=workers,
@@ -296,7 +304,10 @@ def _warmup(plan: Plan, settings: Settings, driver: Driver, spec: dict, dep_dir:
     # handshake, graphs), and long decodes or requests queued behind each other would only add overhead.
     classes = {k: c | {"output": {"min": min(c["output"]["min"], 8), "max": min(c["output"]["max"], 8)}}
                for k, c in LoadSpec(**spec).model_dump(mode="json")["classes"].items()}
+    from suite.plan import warmup_seed
+
     warm = spec | {"arrival": {"kind": "concurrency", "concurrency": min(plan.warmup_requests, 8)},
+                   "seed": warmup_seed(spec),  # prompts no measured request repeats (no prefix-cache head start)
                    "num_requests": plan.warmup_requests, "duration_s": None, "classes": classes}
     wdir = dep_dir / "warmup"
     wdir.mkdir(exist_ok=True)
