@@ -164,26 +164,29 @@ def _banner(ds: Dataset) -> list[str]:
     return lines
 
 
-def _improvement_md(imp: pd.DataFrame) -> str:
+def _improvement_md(imp: pd.DataFrame, summary: pd.DataFrame) -> str:
     """One row per (point, class, deployment vs its co-located baseline), one column per compared metric."""
     if imp.empty:
         return "_no co-located baseline at matching points (same framework, backend, point and class)_\n"
     metrics = list(dict.fromkeys(imp["metric"]))
+    offered = summary.groupby(["deployment", "point"])["offered_rps"].first().to_dict() if len(summary) else {}
     rows = []
     for (point, cls, dep, base), g in imp.groupby(["point", "cls", "deployment", "baseline"], sort=True):
+        off = offered.get((dep, point), math.nan)
+        label = f"{point} ({off:.1f} req/s offered)" if math.isfinite(off) else str(point)
         cells = {}
         for r in g.itertuples():
             mark = DAGGER if getattr(r, "few", False) else ""
             cells[r.metric] = ("-" if math.isnan(r.delta_pct) else
                                f"{'**' if r.significant else ''}{r.delta_pct:+.0f}% [{r.ci_low:+.0f}, {r.ci_high:+.0f}]"
                                f"{mark}{'**' if r.significant else ''}")
-        rows.append([point, cls, dep, base] + [cells.get(m, "-") for m in metrics])
+        rows.append([label, cls, dep, base] + [cells.get(m, "-") for m in metrics])
     lines = ["| point | class | deployment | vs baseline | " + " | ".join(metrics) + " |",
              "|" + "---|" * (4 + len(metrics))]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return ("Change of each statistic against the co-located deployment of the same framework at the same point and "
             "class, with its 95% bootstrap CI; negative = lower latency (better). **Bold**: the CI excludes 0.\n\n"
-            + "\n".join(lines) + "\n")
+            + "\n".join(lines) + "\n" + (f"\n{FEW_NOTE}\n" if "few" in imp and imp["few"].any() else ""))
 
 
 def _markdown(ds: Dataset, t: Tables, name: str, figs: list[str], csvs: dict, kv_md: str, llmd: list[str]) -> str:
@@ -210,7 +213,7 @@ def _markdown(ds: Dataset, t: Tables, name: str, figs: list[str], csvs: dict, kv
                     for c, v in t.slos.items())
     p.append(f"\nGoodput SLOs: {slo or 'default'}.\n")
     p.append("\n## Improvement over the co-located baseline\n")
-    p.append(_improvement_md(t.improvement))
+    p.append(_improvement_md(t.improvement, t.summary))
     p.append("\n## Client vs server TTFT\n")
     if t.consistency.empty:
         p.append("_no server-side TTFT histograms_\n")
