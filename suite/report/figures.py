@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 # Link-bandwidth lines for the KV-transfer figure, bytes/s. The NVLink line is the copy bandwidth we measured on
-# 2x H100 (../shared/notes/reference-numbers.md); the others are nominal line rates, labelled so.
+# 2x H100 (docs/benchmarks.md); the others are nominal line rates, labelled so.
 LINKS = (("NVLink H100 copy, measured 394 GB/s", 394e9), ("PCIe Gen5 x16, nominal 64 GB/s", 64e9),
          ("400 Gb/s RDMA, nominal", 50e9), ("100 Gb/s RDMA, nominal", 12.5e9), ("25 Gb/s TCP, nominal", 3.125e9))
 

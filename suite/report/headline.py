@@ -117,7 +117,7 @@ def change(r, signed: bool = True) -> str:
         return "n/a"
     mark = DAGGER if r["few"] else ""
     if math.isnan(lo):
-        return f"{v:+.0f}% [no CI: one repetition]{mark}" if signed else f"{abs(v):.0f}% [no CI]{mark}"
+        return f"{v:+.0f}% [no CI]{mark}" if signed else f"{abs(v):.0f}% [no CI]{mark}"
     if signed:
         return f"{v:+.0f}% [{lo:+.0f}, {hi:+.0f}]{mark}"
     if v < 0:

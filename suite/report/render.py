@@ -64,7 +64,7 @@ def _png(fig) -> bytes:
 
 
 def _kv_hook(t: Tables, ds: Dataset) -> dict:
-    """KV-transfer section from the KV profiler (issue 7) when it provides one; else our measured rows only."""
+    """KV-transfer section from the KV profiler (docs/kv-transfer.md) when it provides one; else our rows only."""
     import importlib
 
     try:
@@ -100,7 +100,7 @@ def _environment(ds: Dataset) -> str:
 
 def _runner_time(ds: Dataset) -> str:
     """Where each run's wall time went (manifest.json `timings`, see suite/runner/timing.py): the overhead budget
-    of issue 6 item 6 is < 5% of the wall time outside model load."""
+    of the runner is < 5% of the wall time outside model load (docs/benchmarks.md)."""
     from suite.runner.timing import DEFINITION, PHASES
 
     out = []
