@@ -183,7 +183,9 @@ def topologies(s: pd.DataFrame):
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.8))
     order = s.sort_values(["rate_rps", "point", "input_tokens_mean"], kind="stable")
     keys = list(order[["point", "cls"]].drop_duplicates().itertuples(index=False, name=None))
-    labels = [f"{p}\n{c}" for p, c in keys]
+    off = s.groupby(["point"])["offered_rps"].mean().to_dict() if "offered_rps" in s else {}
+    labels = [f"{p}" + (f"\n({off[p]:.1f} offered)" if np.isfinite(off.get(p, np.nan)) else "") + f"\n{c}"
+              for p, c in keys]
     deps = sorted(s["deployment"].unique())
     w = 0.8 / max(1, len(deps))
     any_few = False
