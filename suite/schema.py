@@ -52,6 +52,7 @@ class RequestRecord(BaseModel):
     status: Status = Status.OK
     http_status: int | None = None
     error: str | None = None
+    response_id: str | None = None  # the response's `id` (vLLM: cmpl-<X-Request-Id>): joins the engines' spans
 
     # --- derived (seconds) -------------------------------------------------------------------------
     @property

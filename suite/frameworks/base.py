@@ -83,6 +83,20 @@ class Framework:
         """Longest request (prompt + output) the deployment's engines accept."""
         return settings.MAX_MODEL_LEN
 
+    # ---- request tracing (docs/time-breakdown.md) ---------------------------------------------------
+    def tracing_args(self, dep: Deployment, eng: Engine, endpoint: str) -> list[str]:
+        """Engine arguments that make a real engine export its request spans to `endpoint` (OTLP/HTTP). The runner
+        appends them (to the framework's *_EXTRA_ARGS setting) only while its receiver runs; [] = no spans."""
+        return []
+
+    def tracing_env(self, dep: Deployment, eng: Engine) -> dict[str, str]:
+        """OpenTelemetry SDK settings every engine gets (inert while tracing is off): OTLP over HTTP/protobuf to the
+        suite's receiver, a short batch delay so a point's spans arrive before the next point, and resource
+        attributes naming the engine so a span tells whether P or D sent it."""
+        return {"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/protobuf", "OTEL_BSP_SCHEDULE_DELAY": "500",
+                "OTEL_SERVICE_NAME": dep.service(eng.name),
+                "OTEL_RESOURCE_ATTRIBUTES": f"pdsuite.role={eng.role.value},pdsuite.engine={eng.name}"}
+
     def extra_ports(self, dep: Deployment, eng: Engine) -> list[str]:
         """Settings naming ports the engine opens besides its HTTP port (side channels, bootstrap, NCCL)."""
         return []

@@ -202,8 +202,17 @@ class VLLM(Framework):
             check = check.replace("sys.exit(0 if ok else 1)", "ok or sys.exit(1); " + LMCACHE_CHECK)
         return {"nixl-check": {"entrypoint": ["python3", "-c", check]}}
 
+    def tracing_args(self, dep: Deployment, eng: Engine, endpoint: str) -> list[str]:
+        """vLLM 0.26-0.33 (vllm/config/observability.py otlp_traces_endpoint; vllm/tracing/otel.py): one
+        "llm_request" span per finished request from the OutputProcessor; exporter protocol from
+        OTEL_EXPORTER_OTLP_TRACES_PROTOCOL (grpc unless http/protobuf, tracing_env sets it). The image ships the
+        opentelemetry packages (vllm's requirements)."""
+        return ["--otlp-traces-endpoint", endpoint]
+
     def emulator_args(self, dep: Deployment, eng: Engine) -> list[str]:
-        args = ["--kv-port", f"${{{NIXL_PORT[eng.index]}}}"] if eng.role in KV_ROLE else []
+        args = ["--otlp-traces-endpoint", "http://${BIND_ADDRESS}:${OTLP_PORT}/v1/traces", "--tracing", "${TRACING}"]
+        if eng.role in KV_ROLE:
+            args += ["--kv-port", f"${{{NIXL_PORT[eng.index]}}}"]
         if dep.kvpool is not None and eng.role is Role.PREFILL:
             args += ["--kv-pool", url(dep.kvpool.port_var), "--kv-pool-block", str(LMCACHE_CHUNK)]
         return args

@@ -335,6 +335,8 @@ class Response:
             rec.done_s = (ts - self.t0_ns) * 1e-9
             return
         obj = orjson.loads(data)
+        if rec.response_id is None:  # the engine's id for the request: joins the record to the engine's spans
+            rec.response_id = obj.get("id")
         if obj.get("error"):
             rec.status, rec.error = Status.ERROR, f"stream error: {_error_text(orjson.dumps(obj['error']))}"
             return

@@ -24,7 +24,9 @@ def register(app: typer.Typer) -> None:
             out: Path = typer.Option(Path("results"), help="Results root"),
             resume: str = typer.Option("", help="Results folder to continue, or 'latest'"),
             env_file: str = typer.Option(".env", help="Settings file"),
-            validate_only: bool = typer.Option(False, "--validate", help="Only validate the plan")) -> None:
+            validate_only: bool = typer.Option(False, "--validate", help="Only validate the plan"),
+            only: list[str] = typer.Option([], "--deployment", help="Run only these of the plan's deployments "
+                                           "(repeatable; names as in the plan or with the backend prefix)")) -> None:
         """Run an experiment plan: every deployment up -> warm-up -> load points -> down."""
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -44,6 +46,8 @@ def register(app: typer.Typer) -> None:
         settings = load_settings(env_file)
         try:
             p = load_plan(plan, settings, backend or None)
+            if only:
+                p = _only(p, only, backend or None)
             names = p.resolved_deployments(backend or None)
             gpu = [n for n in names if not n.startswith(("emu-", "cpu-"))]
             if gpu:
@@ -96,6 +100,17 @@ def _print_headline(results: Path) -> None:
     except Exception as e:  # the run's data is complete: a report problem must not turn it into a failure
         typer.echo(f"pdsuite: warning: no headline ({type(e).__name__}: {e}); try `pdsuite report {results}`",
                    err=True)
+
+
+def _only(p, only: list[str], backend: str | None):
+    """The plan restricted to the named deployments (a plan's deployment name or its resolved name)."""
+    from suite.plan import PlanError
+
+    keep = [d for d, r in zip(p.deployments, p.resolved_deployments(backend), strict=True) if {d, r} & set(only)]
+    unknown = sorted(set(only) - set(p.deployments) - set(p.resolved_deployments(backend)))
+    if unknown:
+        raise PlanError(f"--deployment {unknown[0]!r} is not in plan {p.name} ({', '.join(p.deployments)})")
+    return p.model_copy(update={"deployments": keep})
 
 
 def register_up_down(app: typer.Typer) -> None:

@@ -50,6 +50,7 @@ class RunState:
     failed: list[str] = field(default_factory=list)
     timings: Timings = field(default_factory=Timings)
     fatal: str | None = None  # why the plan stopped early (e.g. the results volume is full)
+    telemetry: object = None  # the deployment's RunTelemetry (suite/telemetry): spans and GPU samples per point
 
 
 def run_plan(plan: Plan, settings: Settings, out_root: Path, *, backend: str | None = None,
@@ -115,8 +116,10 @@ def _run_deployment(plan: Plan, settings: Settings, name: str, todo: list, out: 
     from suite.load.cluster import ClusterError, LoadCluster
     from suite.load.resolve import resolve_spec
     from suite.load.spec import LoadSpec
+    from suite.telemetry import RunTelemetry
 
-    driver = make_driver(driver_kind, name, settings, dep_dir / "logs")
+    state.telemetry = RunTelemetry(get_deployment(name), settings, dep_dir)
+    driver = make_driver(driver_kind, name, state.telemetry.engine_settings(), dep_dir / "logs")
     tm = state.timings
     t0 = time.monotonic()
     # One Locust master + workers for the warm-up and every point, kept for the plan's next deployment. When none
@@ -187,6 +190,7 @@ def _run_deployment(plan: Plan, settings: Settings, name: str, todo: list, out: 
         t2 = time.monotonic()
         _save_logs(driver, dep_dir / "logs")
         driver.down()
+        state.telemetry.close()
         tm.down_s += time.monotonic() - t2
 
 
@@ -222,7 +226,7 @@ def _run_point(plan: Plan, settings: Settings, driver: Driver, name: str, label:
     tmp.mkdir(parents=True)
     result = _point_result(plan, settings, name, label, rep, spec, driver)
     urls = {s.name: s.metrics_url for s in driver.services if s.metrics_url}
-    failure = None
+    failure, summary, tel = None, None, state.telemetry
     pt = {"scrape_before_s": 0.0, "lead_s": 0.0, "first_arrival_s": 0.0, "load_window_s": 0.0, "tail_s": 0.0,
           "scrape_after_s": 0.0}
     try:
@@ -233,6 +237,8 @@ def _run_point(plan: Plan, settings: Settings, driver: Driver, name: str, label:
 
         # framework's prompt form, tokenizer; this repetition's own arrivals and prompts, the same on every deployment
         load_spec = resolve_spec(LoadSpec(**repetition_spec(spec, rep)), name, settings)
+        if tel:
+            tel.point_start(tmp)
         t, t_wall = time.monotonic(), time.time()
         try:
             summary = run_load(driver.endpoint, settings.MODEL, load_spec, tmp, workers=workers,
@@ -264,6 +270,8 @@ def _run_point(plan: Plan, settings: Settings, driver: Driver, name: str, label:
         # the arrival process runs from t0: its first gap is load time like every later gap
         tm.load_s += pt["first_arrival_s"] + pt["load_window_s"]
         tm.point_tail_s += pt["tail_s"]
+    if tel:  # GPU samples stop; the point's spans still queued in the engines arrive
+        result.native["telemetry"] = tel.point_end(tmp, tel.spans_per_request() * (getattr(summary, "ok", 0) or 0))
     dead = driver.dead()
     if dead:
         failure = f"{dead[0]} died during the point" + (f" ({failure})" if failure else "")
