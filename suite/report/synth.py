@@ -20,7 +20,9 @@ BUCKETS_S = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.5,
 ROLES = {"disagg": {"prefill": "prefill", "decode": "decode", "router": "router"},
          "colocated": {"engine": "colocated"}, "tp2": {"engine": "colocated"},
          "dp2": {"replica0": "colocated", "replica1": "colocated", "router": "router"}}
-SPEED = {"disagg": 0.6, "colocated": 1.0, "tp2": 0.7, "dp2": 0.8}  # TTFT scale vs co-located (made up)
+ROLES |= {"disagg-1gpu": ROLES["disagg"], "colocated-1gpu": ROLES["colocated"]}
+SPEED = {"disagg": 0.6, "colocated": 1.0, "tp2": 0.7, "dp2": 0.8,  # TTFT scale vs co-located (made up)
+         "disagg-1gpu": 0.9, "colocated-1gpu": 1.0}
 
 
 def _hist(m, xs: np.ndarray, labels: str) -> str:

@@ -118,3 +118,14 @@ def test_plan_validator_warns_about_short_points(capsys):
     assert err.startswith("pdsuite: warning: plan demo: points too short") and "long_prefill ~" in err
     load_plan("exp4-pd-vs-tp2-vs-dp2", Settings(), "emu")  # 240 requests per class: nothing to say
     assert "warning" not in capsys.readouterr().err
+
+
+def test_one_gpu_pd_is_compared_with_its_own_baseline_only(tmp_path):
+    from suite.report.load import load
+    from suite.report.tables import build
+
+    tree = make_tree(tmp_path / "one", deployments=(("vllm", "disagg-1gpu"), ("vllm", "colocated-1gpu"),
+                                                    ("vllm", "colocated")), rates=(4.0,), reps=1, n_per_rep=60,
+                     metrics=False)
+    h = build(load([tree]), {}, 100).headline
+    assert set(h["deployment"]) == {"emu-vllm-disagg-1gpu"} and set(h["baseline_topology"]) == {"colocated-1gpu"}
