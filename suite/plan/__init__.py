@@ -156,7 +156,49 @@ def load_plan(ref: str | Path, settings: Settings, backend: str | None = None,
         raise PlanError(f"{path}: two load points share the label {labels[0]!r}; give them distinct labels")
     for label, spec in plan.point_specs():
         validate_workload(spec, settings, plan.resolved_deployments(backend), where=f"{path}: point {label}")
+    warn_short_points(plan)
     return plan
+
+
+def short_points(plan: Plan) -> list[str]:
+    """'rate=2: long_prefill ~4, ...' for every point whose classes expect too few requests per repetition for the
+    percentiles the report gives (expected = rate x duration x mix share; suite.stats.MIN_SAMPLES)."""
+    from suite.load.spec import LoadSpec
+    from suite.stats.bootstrap import MIN_SAMPLES
+
+    need = max(MIN_SAMPLES.values())
+    out = []
+    for label, spec in plan.point_specs():
+        ls = LoadSpec(**spec)
+        a, dur = ls.arrival, ls.duration_s
+        if a.kind in ("poisson", "constant") and dur:
+            total = a.rate_rps * dur
+        elif a.kind == "ramp" and dur:
+            total = (a.rate_rps + a.end_rps) / 2 * dur
+        elif a.kind == "step":
+            total = sum(d * r for d, r in a.steps)
+        else:  # closed loop, traces: the count depends on the server or the file
+            continue
+        if ls.num_requests:
+            total = min(total, ls.num_requests)
+        few = [f"{c} ~{total * share:.0f}" for c, share in ls.shares().items() if total * share < need]
+        if few:
+            out.append(f"{label}: {', '.join(few)}")
+    return out
+
+
+def warn_short_points(plan: Plan) -> None:
+    """A WARNING, not an error: short points still run, and the report marks the percentiles they cannot carry."""
+    import sys
+
+    from suite.stats.bootstrap import MIN_SAMPLES
+
+    short = short_points(plan)
+    if short:
+        need = ", ".join(f"p{round(q * 100)} >= {n}" for q, n in sorted(MIN_SAMPLES.items(), reverse=True))
+        print(f"pdsuite: warning: plan {plan.name}: points too short for the report's percentiles (requests per "
+              f"class per repetition, {need}): {'; '.join(short)}. The report marks those percentiles.",
+              file=sys.stderr)
 
 
 def validate_workload(spec: dict, settings: Settings, deployment_names: list[str], where: str) -> None:

@@ -147,6 +147,10 @@ def _derive(table: pa.Table, pidx: int, classes: dict[str, int], path: Path | No
     return req, {(pidx, c): a.sample() for c, a in acc.items()}
 
 
+def _num(v) -> float:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else math.nan
+
+
 def _point_row(pr: PointResult, path: Path, run: str, manifest: dict) -> dict:
     w = pr.workload
     return {"run": run, "plan": manifest.get("plan", ""), "deployment": pr.deployment, "framework": pr.framework,
@@ -155,6 +159,8 @@ def _point_row(pr: PointResult, path: Path, run: str, manifest: dict) -> dict:
             "rate_rps": w.rate_rps if w.rate_rps is not None else math.nan,
             "concurrency": w.concurrency if w.concurrency is not None else math.nan,
             "arrival": w.arrival, "load_wall_s": pr.load_wall_s, "path": str(path), "n_requests": 0,
+            "seed": w.seed, "duration_s": w.duration_s if w.duration_s is not None else math.nan,
+            "offered_rps": _num((pr.native.get("load_summary") or {}).get("offered_rps")),
             "classes": json.dumps(w.classes), "services": json.dumps(pr.services)}
 
 

@@ -11,10 +11,13 @@ from pathlib import Path
 
 import pandas as pd
 
+from suite.report import headline
+from suite.report.headline import DAGGER, FEW_NOTE
 from suite.report.load import Dataset
 from suite.report.tables import Tables
 
-SUMMARY_COLS = [("deployment", "deployment"), ("point", "point"), ("cls", "class"), ("reps", "reps"),
+SUMMARY_COLS = [("deployment", "deployment"), ("point", "point"), ("offered_rps", "point offered req/s"),
+                ("cls", "class"), ("reps", "reps"),
                 ("requests", "requests"), ("errors", "errors"), ("timeouts", "timeouts"),
                 ("ttft_p50", "TTFT p50 ms"), ("ttft_p90", "TTFT p90 ms"), ("ttft_p99", "TTFT p99 ms"),
                 ("itl_p50", "ITL p50 ms"), ("itl_p99", "ITL p99 ms"), ("tpot_p50", "TPOT p50 ms"),
@@ -34,7 +37,8 @@ def _cell(r, col: str) -> str:
     if col in MS:
         if v is None or math.isnan(v):
             return "-"
-        return f"{v * 1e3:.1f} [{r[col + '_ci_low'] * 1e3:.1f}, {r[col + '_ci_high'] * 1e3:.1f}]"
+        mark = DAGGER if bool(r.get(f"{col}_few", False)) else ""
+        return f"{v * 1e3:.1f} [{r[col + '_ci_low'] * 1e3:.1f}, {r[col + '_ci_high'] * 1e3:.1f}]{mark}"
     if isinstance(v, float):
         if math.isnan(v):
             return "-"
@@ -61,7 +65,7 @@ def _png(fig) -> bytes:
 
 
 def _kv_hook(t: Tables, ds: Dataset) -> dict:
-    """KV-transfer section from the KV profiler (issue 7) when it provides one; else our measured rows only."""
+    """KV-transfer section from the KV profiler (docs/kv-transfer.md) when it provides one; else our rows only."""
     import importlib
 
     try:
@@ -97,7 +101,7 @@ def _environment(ds: Dataset) -> str:
 
 def _runner_time(ds: Dataset) -> str:
     """Where each run's wall time went (manifest.json `timings`, see suite/runner/timing.py): the overhead budget
-    of issue 6 item 6 is < 5% of the wall time outside model load."""
+    of the runner is < 5% of the wall time outside model load (docs/benchmarks.md)."""
     from suite.runner.timing import DEFINITION, PHASES
 
     out = []
@@ -168,25 +172,29 @@ def _banner(ds: Dataset) -> list[str]:
     return lines
 
 
-def _improvement_md(imp: pd.DataFrame) -> str:
+def _improvement_md(imp: pd.DataFrame, summary: pd.DataFrame) -> str:
     """One row per (point, class, deployment vs its co-located baseline), one column per compared metric."""
     if imp.empty:
         return "_no co-located baseline at matching points (same framework, backend, point and class)_\n"
     metrics = list(dict.fromkeys(imp["metric"]))
+    offered = summary.groupby(["deployment", "point"])["offered_rps"].first().to_dict() if len(summary) else {}
     rows = []
     for (point, cls, dep, base), g in imp.groupby(["point", "cls", "deployment", "baseline"], sort=True):
+        off = offered.get((dep, point), math.nan)
+        label = f"{point} ({off:.1f} req/s offered)" if math.isfinite(off) else str(point)
         cells = {}
         for r in g.itertuples():
+            mark = DAGGER if getattr(r, "few", False) else ""
             cells[r.metric] = ("-" if math.isnan(r.delta_pct) else
                                f"{'**' if r.significant else ''}{r.delta_pct:+.0f}% [{r.ci_low:+.0f}, {r.ci_high:+.0f}]"
-                               f"{'**' if r.significant else ''}")
-        rows.append([point, cls, dep, base] + [cells.get(m, "-") for m in metrics])
+                               f"{mark}{'**' if r.significant else ''}")
+        rows.append([label, cls, dep, base] + [cells.get(m, "-") for m in metrics])
     lines = ["| point | class | deployment | vs baseline | " + " | ".join(metrics) + " |",
              "|" + "---|" * (4 + len(metrics))]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return ("Change of each statistic against the co-located deployment of the same framework at the same point and "
             "class, with its 95% bootstrap CI; negative = lower latency (better). **Bold**: the CI excludes 0.\n\n"
-            + "\n".join(lines) + "\n")
+            + "\n".join(lines) + "\n" + (f"\n{FEW_NOTE}\n" if "few" in imp and imp["few"].any() else ""))
 
 
 def _markdown(ds: Dataset, t: Tables, name: str, figs: list[str], csvs: dict, kv_md: str, llmd: list[str]) -> str:
@@ -197,16 +205,23 @@ def _markdown(ds: Dataset, t: Tables, name: str, figs: list[str], csvs: dict, kv
     p.append(f"\n{n_req} request records from {n_pts} point repetitions "
              f"({ds.points['deployment'].nunique()} deployments). 95% CIs: bootstrap over requests within "
              "repetitions, and over repetitions when there are 3 or more.\n")
+    p.append(headline.markdown(t.headline, ds.emulated))
     if ds.messages:
         p.append("\n## Messages\n")
         p += [f"- **{lvl}**: {html.escape(msg)}\n" for lvl, msg in ds.messages]
+    p.append("\n## Load points: target and offered rate\n")
+    p.append(_load_md(t))
+    p.append("\n## Figures\n")
+    p += [f"\n### {FIG_TITLES.get(f, f)}\n\n![{f}](figures/{f}.png)\n" for f in figs]
     p.append("\n## Per deployment x point x class\n")
     p.append(_md_table(t.summary, SUMMARY_COLS, _cell))
+    if "ttft_p99_few" in t.summary and t.summary.filter(like="_few").any(axis=None):
+        p.append(f"\n{FEW_NOTE}\n")
     slo = ", ".join(f"{c}: TTFT <= {v.get('ttft_s', math.inf):g} s, TPOT <= {v.get('tpot_s', math.inf):g} s"
                     for c, v in t.slos.items())
     p.append(f"\nGoodput SLOs: {slo or 'default'}.\n")
     p.append("\n## Improvement over the co-located baseline\n")
-    p.append(_improvement_md(t.improvement))
+    p.append(_improvement_md(t.improvement, t.summary))
     p.append("\n## Client vs server TTFT\n")
     if t.consistency.empty:
         p.append("_no server-side TTFT histograms_\n")
@@ -240,8 +255,6 @@ def _markdown(ds: Dataset, t: Tables, name: str, figs: list[str], csvs: dict, kv
             p.append("\n**Warning**: achieved KV bandwidth below 5 GB/s - the connector may have fallen back to TCP "
                      "(see docs: host network, ipc/pid host, both GPUs visible to both engines).\n")
     p.append(kv_md)
-    p.append("\n## Figures\n")
-    p += [f"\n### {FIG_TITLES.get(f, f)}\n\n![{f}](figures/{f}.png)\n" for f in figs]
     p.append("\n## Runner time\n")
     p.append(_runner_time(ds))
     p.append("\n## Environment\n")
@@ -252,6 +265,28 @@ def _markdown(ds: Dataset, t: Tables, name: str, figs: list[str], csvs: dict, kv
     p.append("\nEvery number above is computed from the request records of the points listed in points.csv "
              "(paths to each repetition's requests.parquet) and the raw /metrics snapshots beside them.\n")
     return "".join(p)
+
+
+def _load_md(t: Tables) -> str:
+    """Per deployment and point: the label's target rate beside the rate the schedule actually offered."""
+    s = t.summary
+    if s.empty:
+        return "_no load points_\n"
+    g = s.groupby(["deployment", "point"], sort=False).agg(
+        target=("rate_rps", "first"), offered=("offered_rps", "first"), requests=("requests", "sum"),
+        ok=("ok", "sum"), reps=("reps", "max"), req_per_s=("req_per_s", "sum"),
+        goodput=("goodput_rps", "sum")).reset_index().sort_values(["deployment", "target", "point"], kind="stable")
+
+    def num(v, fmt="{:.2f}"):
+        return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else fmt.format(v)
+
+    lines = ["| deployment | point | target req/s | offered req/s | requests (all reps) | ok | throughput req/s "
+             "| goodput req/s |", "|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r.deployment} | {r.point} | {num(r.target, '{:g}')} | {num(r.offered)} | {r.requests} | {r.ok} "
+              f"| {num(r.req_per_s)} | {num(r.goodput)} |" for r in g.itertuples()]
+    return ("Offered = requests sent / the arrival window (the plan's duration for open-loop arrivals); throughput "
+            "and goodput = completed (within SLO) / first send to last response, at least that window - so goodput "
+            "<= throughput <= offered. Means over repetitions.\n\n" + "\n".join(lines) + "\n")
 
 
 def _inline(text: str) -> str:

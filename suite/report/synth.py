@@ -20,7 +20,9 @@ BUCKETS_S = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.5,
 ROLES = {"disagg": {"prefill": "prefill", "decode": "decode", "router": "router"},
          "colocated": {"engine": "colocated"}, "tp2": {"engine": "colocated"},
          "dp2": {"replica0": "colocated", "replica1": "colocated", "router": "router"}}
-SPEED = {"disagg": 0.6, "colocated": 1.0, "tp2": 0.7, "dp2": 0.8}  # TTFT scale vs co-located (made up)
+ROLES |= {"disagg-1gpu": ROLES["disagg"], "colocated-1gpu": ROLES["colocated"]}
+SPEED = {"disagg": 0.6, "colocated": 1.0, "tp2": 0.7, "dp2": 0.8,  # TTFT scale vs co-located (made up)
+         "disagg-1gpu": 0.9, "colocated-1gpu": 1.0}
 
 
 def _hist(m, xs: np.ndarray, labels: str) -> str:
@@ -67,11 +69,14 @@ def metrics_text(framework: str, role: str, ttft: np.ndarray, prompt_tokens: np.
     return "\n".join(parts) + "\n"
 
 
-def _records(rng, n: int, speed: float, rate: float, out_tokens: int, classes: dict[str, int]) -> pa.Table:
+def _records(rng, n: int, speed: float, rate: float, out_tokens: int, classes: dict[str, int],
+             workload_rng=None) -> pa.Table:
+    """workload_rng draws the classes and the arrival schedule (shared by paired runs), rng the server's noise."""
+    wrng = workload_rng or rng
     names = np.array(list(classes))
-    idx = rng.integers(0, len(names), n)
+    idx = wrng.integers(0, len(names), n)
     cls, inp = names[idx], np.array([classes[c] for c in names])[idx]
-    sched = np.cumsum(rng.exponential(1 / rate, n))
+    sched = np.cumsum(wrng.exponential(1 / rate, n))
     sent = sched + rng.exponential(0.0005, n)
     ttft = speed * (0.02 + inp * 2e-5) * rng.lognormal(0, 0.3, n) * (1 + 0.2 * rate)
     gaps = rng.gamma(4, 0.0025, (n, out_tokens - 1)) if out_tokens > 1 else np.zeros((n, 0))
@@ -100,8 +105,13 @@ def _records(rng, n: int, speed: float, rate: float, out_tokens: int, classes: d
 def make_tree(root: str | Path, deployments=(("vllm", "disagg"), ("vllm", "colocated")), rates=(2.0, 8.0),
               reps: int = 3, n_per_rep: int = 200, out_tokens: int = 8, classes: dict[str, int] | None = None,
               emulated: bool = True, seed: int = 0, metrics: bool = True, kv_bytes_per_token: float = 131072.0,
-              backend: str | None = None, link_Bps: float = 300e9) -> Path:
+              backend: str | None = None, link_Bps: float = 300e9, speed: dict[str, float] | None = None,
+              rep_seeds: bool = False) -> Path:
+    """speed: TTFT scale per topology (default SPEED): the known differences a test checks the report against.
+    rep_seeds: one workload draw (classes, arrivals) and seed per repetition, shared by every deployment - paired
+    repetitions, as the runner makes them - instead of one seed for all and independent draws."""
     classes = classes or {"short": 256, "long": 4096}
+    speed = SPEED | (speed or {})
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -118,12 +128,14 @@ def make_tree(root: str | Path, deployments=(("vllm", "disagg"), ("vllm", "coloc
                 d = root / dep / f"rate={rate:g}" / f"rep{rep}"
                 (d / "metrics" / "before").mkdir(parents=True, exist_ok=True)
                 (d / "metrics" / "after").mkdir(parents=True, exist_ok=True)
-                table = _records(rng, n_per_rep, SPEED[topo], rate, out_tokens, classes)
+                wrng = np.random.default_rng((seed, int(rate * 1000), rep)) if rep_seeds else None
+                table = _records(rng, n_per_rep, speed[topo], rate, out_tokens, classes, wrng)
                 pq.write_table(table, d / "requests.parquet")
                 pr = PointResult(deployment=dep, framework=fw, topology=topo, backend=be, emulated=emulated,
                                  point=f"rate={rate:g}", repetition=rep,
                                  workload=Workload(arrival="poisson", rate_rps=rate, mix={c: 1 / len(classes)
-                                                                                           for c in classes}),
+                                                                                           for c in classes},
+                                                   seed=100 + rep if rep_seeds else seed),
                                  started_at="2026-11-27T00:00:00Z", load_wall_s=n_per_rep / rate, services=services)
                 (d / "point.json").write_text(pr.model_dump_json())
                 if not metrics:

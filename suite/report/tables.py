@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from suite.report.load import Dataset
-from suite.stats import DEFAULT_B, aggregate_reps, compare, estimate, goodput_mask, ttft_consistency
+from suite.stats import DEFAULT_B, aggregate_reps, compare, estimate, goodput_mask, too_few, ttft_consistency
 from suite.stats.histogram import HistSample, merge
 
 # metric -> quantiles reported (seconds)
@@ -35,6 +35,7 @@ class Tables:
     consistency: pd.DataFrame
     cdf: dict = field(default_factory=dict)  # (metric, deployment) -> (quantile grid values)
     slos: dict = field(default_factory=dict)
+    headline: pd.DataFrame = field(default_factory=pd.DataFrame)  # P/D vs each co-located baseline (headline.py)
 
 
 def _segments(key: np.ndarray, values: np.ndarray) -> dict[int, np.ndarray]:
@@ -74,14 +75,7 @@ def build(ds: Dataset, slos: dict[str, dict], b: int = DEFAULT_B) -> Tables:
     rkey = gkey * npts + rp  # group x repetition
     ok = req["ok"].to_numpy() if len(req) else np.zeros(0, bool)
 
-    # durations per repetition: the records' own span (sent of the first to done of the last)
-    span = pd.DataFrame({"p": rp, "s": req.get("sent", pd.Series(dtype=float)).to_numpy(),
-                         "d": req.get("done", pd.Series(dtype=float)).to_numpy()}).groupby("p").agg(
-        s=("s", "min"), d=("d", "max")) if len(req) else pd.DataFrame(columns=["s", "d"])
-    dur = np.full(npts, np.nan)
-    dur[span.index.to_numpy()] = (span["d"] - span["s"]).to_numpy()
-    wall = pts["load_wall_s"].astype(float).to_numpy()
-    dur = np.where(np.isfinite(dur) & (dur > 0), dur, wall)
+    offered, dur = _windows(req, pts, rp)
 
     seg: dict[str, dict[int, np.ndarray]] = {}
     for m in ("ttft", "tpot", "e2e"):
@@ -110,7 +104,9 @@ def build(ds: Dataset, slos: dict[str, dict], b: int = DEFAULT_B) -> Tables:
         first = pts.iloc[int(pid[0])]
         row = {"deployment": dep, "framework": first["framework"], "topology": first["topology"],
                "backend": first["backend"], "emulated": bool(pts.iloc[pid]["emulated"].any()), "point": point,
-               "rate_rps": first["rate_rps"], "cls": cats[ci] if cats else "default", "reps": len(pid)}
+               "rate_rps": first["rate_rps"], "offered_rps": float(np.nanmean(offered[pid]))
+               if np.isfinite(offered[pid]).any() else math.nan, "cls": cats[ci] if cats else "default",
+               "reps": len(pid)}
         c = counts.loc[keys]
         row |= {"requests": int(c["n"].sum()), "ok": int(c["ok"].sum()), "errors": int(c["err"].sum()),
                 "timeouts": int(c["tmo"].sum()), "input_tokens_mean": float(np.average(c["inp"], weights=c["n"]))}
@@ -124,14 +120,21 @@ def build(ds: Dataset, slos: dict[str, dict], b: int = DEFAULT_B) -> Tables:
         for m, qs in LATENCY.items():
             reps = [seg[m].get(k, np.zeros(0)) for k in keys]
             store[(m, dep, point, row["cls"])] = reps
+            n_min = min(len(r) for r in reps)  # a per-repetition quantile rests on this many at least
+            row[f"{m}_n_min"] = n_min
             for q in qs:
                 e = estimate(reps, ("quantile", q), b, seed=int(g))
                 tag = f"{m}_p{round(q * 100)}"
-                row |= {tag: e.value, f"{tag}_ci_low": e.ci_low, f"{tag}_ci_high": e.ci_high}
+                row |= {tag: e.value, f"{tag}_ci_low": e.ci_low, f"{tag}_ci_high": e.ci_high,
+                        f"{tag}_few": too_few(q, n_min)}
+        store[("reps", dep, point, row["cls"])] = [(int(pts.iloc[int(p)]["rep"]), _seed(pts.iloc[int(p)]))
+                                                   for p in pid]
+        store[("out_tok_per_s", dep, point, row["cls"])] = per_rep["out_tok_per_s"].tolist()
         rows.append(row)
         for j, p in enumerate(pid):
             rr = {"deployment": dep, "point": point, "cls": row["cls"], "rep": int(pts.iloc[int(p)]["rep"]),
-                  "path": pts.iloc[int(p)]["path"], "requests": int(c["n"].iloc[j])}
+                  "seed": _seed(pts.iloc[int(p)]), "path": pts.iloc[int(p)]["path"],
+                  "requests": int(c["n"].iloc[j]), "offered_rps": float(offered[int(p)])}
             for m in LATENCY:
                 x = seg[m].get(keys[j], np.zeros(0))
                 rr[f"{m}_p50"] = float(x[max(0, math.ceil(0.5 * len(x)) - 1)]) if len(x) else math.nan
@@ -141,8 +144,52 @@ def build(ds: Dataset, slos: dict[str, dict], b: int = DEFAULT_B) -> Tables:
     summary = pd.DataFrame(rows)
     reps_df = pd.DataFrame(rep_rows)
     rep_agg = _rep_agg(reps_df)
+    from suite.report.headline import headline_rows
+
     return Tables(summary, reps_df, rep_agg, _improvement(summary, store, b), _breakdown(ds), _kv_rows(ds),
-                  _consistency(ds), _cdfs(ds, seg, dp_code, npts, ncls), slos)
+                  _consistency(ds), _cdfs(ds, seg, dp_code, npts, ncls), slos, headline_rows(summary, store, b))
+
+
+OPEN_LOOP = ("poisson", "constant", "ramp", "step")
+
+
+def _windows(req: pd.DataFrame, pts: pd.DataFrame, rp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per repetition: the offered rate (requests sent / arrival window) and the throughput window.
+
+    Arrival window: the plan's duration for open-loop arrivals (the schedule spans [0, duration)), else - closed
+    loop, traces, or a schedule cut short by num_requests - the span of the send times. The load summary's
+    offered_rps wins where the load stage recorded it. Throughput window: first send to last response, at least the
+    arrival window, so goodput <= throughput <= offered holds by construction."""
+    npts = len(pts)
+    if len(req):
+        g = pd.DataFrame({"p": rp, "s": req["sent"].to_numpy(), "d": req["done"].to_numpy()}).groupby("p").agg(
+            n=("s", "count"), s=("s", "min"), s1=("s", "max"), d=("d", "max"))
+    else:
+        g = pd.DataFrame(columns=["n", "s", "s1", "d"], dtype=float)
+    at = g.index.to_numpy().astype(np.int64)
+
+    def col(name):
+        out = np.full(npts, np.nan)
+        out[at] = g[name].to_numpy(dtype=float)
+        return out
+
+    n, s0, s1, d1 = col("n"), col("s"), col("s1"), col("d")
+    plan_dur = pts["duration_s"].astype(float).to_numpy() if "duration_s" in pts else np.full(npts, np.nan)
+    open_loop = pts["arrival"].isin(OPEN_LOOP).to_numpy() if "arrival" in pts else np.zeros(npts, bool)
+    use_plan = open_loop & np.isfinite(plan_dur) & (plan_dur > 0) & ~(s1 < 0.5 * plan_dur)
+    window = np.where(use_plan, plan_dur, s1 - s0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        offered = np.where(window > 0, np.nan_to_num(n) / window, np.nan)
+    recorded = pts["offered_rps"].astype(float).to_numpy() if "offered_rps" in pts else np.full(npts, np.nan)
+    offered = np.where(np.isfinite(recorded), recorded, offered)
+    dur = np.fmax(d1 - s0, window)
+    wall = pts["load_wall_s"].astype(float).to_numpy()
+    return offered, np.where(np.isfinite(dur) & (dur > 0), dur, wall)
+
+
+def _seed(pt) -> int | None:
+    v = pt.get("seed") if hasattr(pt, "get") else None
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) else int(v)
 
 
 def _rep_agg(reps: pd.DataFrame) -> pd.DataFrame:
@@ -156,6 +203,8 @@ def _rep_agg(reps: pd.DataFrame) -> pd.DataFrame:
 
 
 def _improvement(summary: pd.DataFrame, store: dict, b: int) -> pd.DataFrame:
+    from suite.report.headline import paired_lists
+
     out = []
     if summary.empty:
         return pd.DataFrame()
@@ -169,16 +218,19 @@ def _improvement(summary: pd.DataFrame, store: dict, b: int) -> pd.DataFrame:
             continue
         bdep = base.iloc[0]["deployment"]
         for m, q in COMPARED:
-            a, bb = store.get((m, r["deployment"], r["point"], r["cls"])), store.get((m, bdep, r["point"], r["cls"]))
+            a, bb, paired = paired_lists(store, m, (r["deployment"], r["point"], r["cls"]),
+                                         (bdep, r["point"], r["cls"]))
             if not a or not bb:
                 continue
-            e = compare(a, bb, ("quantile", q), b)
+            e = compare(a, bb, ("quantile", q), b, paired=paired)
+            few = too_few(q, min(r[f"{m}_n_min"], base.iloc[0][f"{m}_n_min"]))
             label = f"{m.upper()} p{round(q * 100)}"
             text = (f"{label}, {r['deployment']} vs {bdep}: {e.value:+.0f}% [{e.ci_low:+.0f}, {e.ci_high:+.0f}]"
                     if not math.isnan(e.value) else f"{label}: no data")
             out.append({"deployment": r["deployment"], "baseline": bdep, "point": r["point"], "cls": r["cls"],
                         "metric": label, "delta_pct": e.value, "ci_low": e.ci_low, "ci_high": e.ci_high,
-                        "significant": bool(e.ci_low > 0 or e.ci_high < 0), "text": text})
+                        "significant": bool(e.ci_low > 0 or e.ci_high < 0), "few": few, "paired": paired,
+                        "text": text})
     return pd.DataFrame(out)
 
 
@@ -229,7 +281,8 @@ def _kv_rows(ds: Dataset) -> pd.DataFrame:
     m = m.merge(has, on=["pidx", "role"])  # only engines that recorded transfers
     out = []
     for (pidx, role), g in m.groupby(["pidx", "role"], observed=True):
-        v = g.set_index("metric")
+        # engines sharing a role (dp2 replicas) add up
+        v = g.groupby("metric", observed=True)[["value", "count", "sum"]].sum(min_count=1)
         if "kv_transfer_s" not in v.index or not v.loc["kv_transfer_s", "count"]:
             continue
         n = float(v.loc["kv_transfer_s", "count"])

@@ -88,6 +88,7 @@ def register(app: typer.Typer) -> None:
                            err=True)
                 raise typer.Exit(130) from None
         typer.echo(f"results: {state.out}")
+        _print_headline(state.out)
         if state.fatal:
             typer.echo(f"pdsuite: error: {state.fatal}", err=True)
             raise typer.Exit(1)
@@ -95,6 +96,17 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"pdsuite: {len(state.failed)} point(s) failed, e.g. {state.failed[0]} "
                        f"(see point.json there)", err=True)
             raise typer.Exit(1)
+
+
+def _print_headline(results: Path) -> None:
+    """The report's headline on the console; never the reason a finished run fails."""
+    from suite.report.headline import for_run
+
+    try:
+        typer.echo("\n".join(for_run(results)))
+    except Exception as e:  # the run's data is complete: a report problem must not turn it into a failure
+        typer.echo(f"pdsuite: warning: no headline ({type(e).__name__}: {e}); try `pdsuite report {results}`",
+                   err=True)
 
 
 def _only(p, only: list[str], only_points: list[str], backend: str | None):

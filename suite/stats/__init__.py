@@ -9,14 +9,17 @@ x[ceil(q n) - 1] (numpy's "inverted_cdf").
 
 from suite.stats.bootstrap import (
     DEFAULT_B,
+    MIN_SAMPLES,
     Estimate,
     aggregate_reps,
     compare,
+    compare_reps,
     estimate,
     quantile_sorted,
     replicates,
+    too_few,
 )
 from suite.stats.slo import DEFAULT_SLO, Consistency, goodput_mask, ttft_consistency
 
-__all__ = ["DEFAULT_B", "DEFAULT_SLO", "Consistency", "Estimate", "aggregate_reps", "compare", "estimate",
-           "goodput_mask", "quantile_sorted", "replicates", "ttft_consistency"]
+__all__ = ["DEFAULT_B", "DEFAULT_SLO", "MIN_SAMPLES", "Consistency", "Estimate", "aggregate_reps", "compare",
+           "compare_reps", "estimate", "goodput_mask", "quantile_sorted", "replicates", "too_few", "ttft_consistency"]

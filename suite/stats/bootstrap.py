@@ -11,6 +11,9 @@ DEFAULT_B = 1000
 ALPHA = 0.05
 MIN_REPS_RESAMPLED = 3  # fewer repetitions than this: resample requests only
 MEAN_CLT_N = 5000  # above this, the bootstrap distribution of a mean is normal to plotting precision
+# A quantile resting on fewer observations per repetition than this sits at (or next to) the sample maximum: its
+# estimate is biased low and its CI's upper end is that maximum. Reported, but marked as such.
+MIN_SAMPLES = {0.99: 100, 0.9: 20}
 
 # two-sided 95% Student t critical values, df 1..30 (AIPerf-style repetition CI without scipy)
 _T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
@@ -67,6 +70,24 @@ def _point(x: np.ndarray, stat: tuple) -> float:
     return quantile_sorted(x, stat[1]) if stat[0] == "quantile" else float(x.mean())
 
 
+def too_few(q: float, n: int) -> bool:
+    """Does a q-quantile from n observations (per repetition) rest on too few of them (see MIN_SAMPLES)?"""
+    need = max((m for qq, m in MIN_SAMPLES.items() if q >= qq), default=0)
+    return n < need
+
+
+def _matrix(reps: list[np.ndarray], stat: tuple, b: int, rng: np.random.Generator) -> tuple[float, np.ndarray]:
+    point = float(np.mean([_point(r, stat) for r in reps]))
+    return point, np.stack([_rep_replicates(r, stat, b, rng) for r in reps])  # (reps, B)
+
+
+def _over_reps(mat: np.ndarray, pick: np.ndarray | None) -> np.ndarray:
+    """Replicates of the mean over repetitions: repetitions resampled by `pick` (B x reps), or all of them."""
+    if pick is None:
+        return mat.mean(axis=0)
+    return mat[pick, np.arange(mat.shape[1])[:, None]].mean(axis=1)
+
+
 def replicates(reps: list[np.ndarray], stat: tuple, b: int = DEFAULT_B, seed: int = 0) -> tuple[float, np.ndarray]:
     """(point estimate, B replicates) of the mean over repetitions of a per-repetition statistic.
 
@@ -76,12 +97,9 @@ def replicates(reps: list[np.ndarray], stat: tuple, b: int = DEFAULT_B, seed: in
     if not reps:
         return math.nan, np.full(b, np.nan)
     rng = np.random.default_rng(seed)
-    point = float(np.mean([_point(r, stat) for r in reps]))
-    mat = np.stack([_rep_replicates(r, stat, b, rng) for r in reps])  # (reps, B)
-    if len(reps) >= MIN_REPS_RESAMPLED:
-        pick = rng.integers(0, len(reps), size=(b, len(reps)))
-        return point, mat[pick, np.arange(b)[:, None]].mean(axis=1)
-    return point, mat.mean(axis=0)
+    point, mat = _matrix(reps, stat, b, rng)
+    pick = rng.integers(0, len(reps), size=(b, len(reps))) if len(reps) >= MIN_REPS_RESAMPLED else None
+    return point, _over_reps(mat, pick)
 
 
 def _ci(reps_: np.ndarray) -> tuple[float, float]:
@@ -99,18 +117,43 @@ def estimate(reps: list[np.ndarray], stat: tuple, b: int = DEFAULT_B, seed: int 
 
 
 def compare(a: list[np.ndarray], base: list[np.ndarray], stat: tuple, b: int = DEFAULT_B,
-            seed: int = 0) -> Estimate:
+            seed: int = 0, paired: bool = False) -> Estimate:
     """Relative difference of a vs base in percent, e.g. -41 [-47, -35]: a's TTFT p99 is 41% lower.
-    The two deployments are independent samples, so their replicates are drawn independently."""
+
+    Unpaired: the two deployments are independent samples, their replicates drawn independently. Paired (a[r] and
+    base[r] ran the same workload draw - same arrival schedule and prompts): requests are still resampled within
+    each repetition independently, but repetitions are resampled jointly (the same r for both), so the variation
+    between workload draws, common to both, cancels in the ratio instead of widening its CI."""
+    if paired:
+        pairs = [(x, y) for x, y in zip(a, base, strict=False) if len(x) and len(y)]
+        if pairs:
+            rng = np.random.default_rng(seed)
+            pa, ma = _matrix([x for x, _ in pairs], stat, b, rng)
+            pb, mb = _matrix([y for _, y in pairs], stat, b, rng)
+            pick = rng.integers(0, len(pairs), size=(b, len(pairs))) if len(pairs) >= MIN_REPS_RESAMPLED else None
+            return _relative(pa, _over_reps(ma, pick), pb, _over_reps(mb, pick),
+                             int(sum(len(x) + len(y) for x, y in pairs)), len(pairs))
     pa, ra = replicates(a, stat, b, seed)
     pb, rb = replicates(base, stat, b, seed + 1)
+    return _relative(pa, ra, pb, rb, int(sum(map(len, a)) + sum(map(len, base))), min(len(a), len(base)))
+
+
+def _relative(pa: float, ra: np.ndarray, pb: float, rb: np.ndarray, n: int, reps: int) -> Estimate:
     if not pb or math.isnan(pb):
         return Estimate(math.nan, math.nan, math.nan, 0, 0)
     with np.errstate(divide="ignore", invalid="ignore"):
         rel = (ra / rb - 1.0) * 100.0
     lo, hi = _ci(rel[np.isfinite(rel)])
-    return Estimate((pa / pb - 1.0) * 100.0, lo, hi, int(sum(map(len, a)) + sum(map(len, base))),
-                    min(len(a), len(base)))
+    return Estimate((pa / pb - 1.0) * 100.0, lo, hi, n, reps)
+
+
+def compare_reps(a: list[float], base: list[float]) -> Estimate:
+    """Relative difference in percent of per-repetition scalars (throughput), paired by repetition: the mean of the
+    per-pair changes with a Student-t 95% CI over the pairs (NaN CI from a single pair)."""
+    rel = [(x / y - 1.0) * 100.0 for x, y in zip(a, base, strict=False)
+           if x is not None and y and not (math.isnan(x) or math.isnan(y))]
+    agg = aggregate_reps(rel)
+    return Estimate(agg["mean"], agg["ci_low"], agg["ci_high"], agg["n"], agg["n"])
 
 
 def aggregate_reps(values) -> dict:

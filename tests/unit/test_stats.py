@@ -79,3 +79,22 @@ def test_ttft_consistency_flags_disagreement():
     assert not c.ok and not c.rows[0]["agree"]
     c2 = ttft_consistency(near[:50], le, cum)
     assert "do not cover" in c2.note
+
+
+def test_paired_compare_cancels_the_workload_draw():
+    """Repetitions that replay one workload draw per repetition, shared by both deployments: the draw moves both
+    alike, so the paired CI of the change is narrower than the unpaired one, and both cover the true +30%."""
+    from suite.stats import compare_reps, too_few
+
+    rng = np.random.default_rng(8)
+    draws = [rng.lognormal(0, 0.4) for _ in range(6)]  # each repetition's workload scales every latency
+    base = [np.sort(f * rng.exponential(1.0, 400)) for f in draws]
+    slower = [np.sort(1.3 * f * rng.exponential(1.0, 400)) for f in draws]
+    paired = compare(slower, base, ("quantile", 0.5), paired=True)
+    unpaired = compare(slower, base, ("quantile", 0.5))
+    assert paired.ci_low < 30 < paired.ci_high and paired.ci_low > 0
+    assert unpaired.ci_low < 30 < unpaired.ci_high
+    assert (paired.ci_high - paired.ci_low) < 0.6 * (unpaired.ci_high - unpaired.ci_low)
+    thr = compare_reps([13.0 * f for f in draws], [10.0 * f for f in draws])  # per-repetition scalars, paired
+    assert thr.value == pytest.approx(30) and thr.ci_high - thr.ci_low < 1e-6
+    assert too_few(0.99, 99) and not too_few(0.99, 100) and too_few(0.9, 19) and not too_few(0.5, 3)
