@@ -97,7 +97,7 @@ def test_interrupt_keeps_finished_points_and_resume_runs_the_rest(tmp_path):
     assert sorted(points(out)) == ["emu-vllm-colocated/a/rep0", "emu-vllm-colocated/a/rep1"]
     assert not list(out.rglob("*.partial")), "an interrupted point must not look finished"
     assert FakeDriver.instances[-1].events[-1] == "down"
-    assert json.loads((out / "manifest.json").read_text())["status"] == "partial"
+    assert json.loads((out / "manifest.json").read_text())["status"] == "interrupted"
 
     FakeLoad.calls, FakeLoad.interrupt_on = 0, None
     state = run_plan(plan(), Settings(), tmp_path, backend="emu", driver_kind="fake", resume=out)
