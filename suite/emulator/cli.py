@@ -55,6 +55,9 @@ def register(app: typer.Typer) -> None:
             fail(f"unknown role {role!r}; known: {', '.join(r.value for r in roles)}")
         if kv_pool and not kv_pool.startswith(("http://", "https://")):
             fail(f"--kv-pool must be an http:// URL, got {kv_pool!r}")
+        problem = _bind_problem(host, port)
+        if problem:
+            fail(problem)
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         if role == Role.KVPOOL.value:
             from suite.emulator.kvpool import PoolServer
@@ -85,3 +88,21 @@ def register(app: typer.Typer) -> None:
         except ImportError:
             pass
         web.run_app(srv.app(), host=host, port=port, access_log=None, print=None, handle_signals=True)
+
+
+def _bind_problem(host: str, port: int) -> str | None:
+    """Why the server could not listen on host:port (checked before the engine starts), or None."""
+    import ipaddress
+    import socket
+
+    try:
+        family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+    except ValueError:
+        return f"--host {host!r}: not an IP address"
+    with socket.socket(family) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # what the server itself sets
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            return f"cannot listen on {host}:{port}: {e.strerror}"
+    return None

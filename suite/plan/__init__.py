@@ -206,7 +206,7 @@ def load_plan(ref: str | Path, settings: Settings, backend: str | None = None,
     total = 0
     for label, spec in plan.point_specs():
         validate_workload(spec, settings, names, where=f"{path}: point {label}")
-        total += check_schedule(spec, where=f"{path}: point {label}")
+        total += check_schedule(spec, where=f"{path}: point {label}", max_model_len=_max_len(names, settings))
     total *= plan.repetitions * len(names)
     if total > MAX_PLAN_REQUESTS:
         raise PlanError(f"{path}: the plan schedules ~{total:.3g} requests in all (limit {MAX_PLAN_REQUESTS:.0e}); "
@@ -221,7 +221,16 @@ def _short(v) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def check_schedule(spec: dict, where: str) -> int:
+def _max_len(names: list[str], settings: Settings) -> int:
+    """The smallest context length among the deployments (a trace request must fit every one of them)."""
+    from suite.deploy.catalog import deployments
+    from suite.frameworks.base import get as get_framework
+
+    catalog = deployments()
+    return min(get_framework(catalog[n].framework).max_model_len(catalog[n], settings) for n in names)
+
+
+def check_schedule(spec: dict, where: str, max_model_len: int | None = None) -> int:
     """How many requests a point plans (an upper estimate); refuses a schedule that is empty, absurdly large, or a
     trace file that cannot be replayed. Runs before anything starts (the load stage checks again at the point)."""
     from suite.load.schedule import arrival_times, plans, read_trace
@@ -249,7 +258,7 @@ def check_schedule(spec: dict, where: str) -> int:
             raise PlanError(f"{where}: arrival.trace {str(trace)!r}: not a text file (not UTF-8)") from None
         except ValueError as e:  # ConfigError is a ValueError
             raise PlanError(f"{where}: arrival.{str(e).splitlines()[0]}") from None
-        limit = s.max_model_len
+        limit = min(x for x in (s.max_model_len, max_model_len, 1 << 62) if x)
         for k, (t, n_in, n_out) in enumerate(rows, start=1):
             if not math.isfinite(t):
                 raise PlanError(f"{where}: arrival.trace {str(trace)!r}: request {k} has timestamp {t!r}")
