@@ -197,7 +197,11 @@ class _Builder:
         def cat(parts, key):
             return np.concatenate([p[key] for p in parts]) if parts else np.zeros(0)
 
-        req = pd.DataFrame({k: cat(self.req, k) for k in (self.req[0] if self.req else {"pidx": 0})})
+        if not self.req:  # points without one readable record: nothing to compute (and say why)
+            why = [t for lvl, t in _collapse(self.messages) if lvl == "error"] or \
+                [t for lvl, t in _collapse(self.messages) if lvl == "warning"]
+            raise ReportInputError("no request records to report" + (f": {why[0]}" if why else ""))
+        req = pd.DataFrame({k: cat(self.req, k) for k in self.req[0]})
         names = sorted(self.classes, key=self.classes.get)
         if "cls" in req:
             req["cls"] = pd.Categorical.from_codes(req["cls"].to_numpy().astype(np.int16), categories=names)
