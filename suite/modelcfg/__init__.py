@@ -112,7 +112,7 @@ def size_model(cfg: dict, name: str = "model") -> ModelSize:
     vocab = _req(cfg, "vocab_size", name)
     inter = _req(cfg, "intermediate_size", name)
     dtype = cfg.get("torch_dtype") or cfg.get("dtype") or "bfloat16"
-    if not isinstance(dtype, str) or DTYPE_BYTES.get(dtype.removeprefix("torch.")) is None and dtype != "auto":
+    if not isinstance(dtype, str) or (DTYPE_BYTES.get(dtype.removeprefix("torch.")) is None and dtype != "auto"):
         known = ", ".join(k for k, v in DTYPE_BYTES.items() if v)
         raise ModelConfigError(f"{name}: config.json dtype {dtype!r} is not one of {known}")
     wbytes = DTYPE_BYTES.get(dtype.removeprefix("torch.")) or 2

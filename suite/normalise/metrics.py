@@ -7,6 +7,7 @@ table's `scale` (SGLang ms/MB/GB/s -> s/bytes/bytes/s), histogram bucket bounds 
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field, replace
 
@@ -137,7 +138,7 @@ def check_family(fam) -> None:
             counts[key] = v
     for key, bs in buckets.items():
         bs.sort()
-        for (le_a, a), (le_b, b) in zip(bs, bs[1:], strict=False):
+        for (le_a, a), (le_b, b) in itertools.pairwise(bs):
             if b < a:
                 raise MetricsError(f"histogram {fam.name}{_labels(dict(key))}: bucket le={le_b:g} holds {b:g} < "
                                    f"{a:g} in le={le_a:g} (buckets must be cumulative)")

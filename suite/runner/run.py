@@ -101,6 +101,20 @@ class _Signals:
             signal.signal(s, h)
 
 
+@contextlib.contextmanager
+def _secrets_out_of_environ():
+    """While a plan runs, the runner's own environment holds no secret: every child it starts (Locust, emulated
+    engines, routers) inherits that environment, and only services whose definition names a secret (real engines:
+    HF_TOKEN) get it, from the settings. The caller's environment is restored afterwards."""
+    from suite.config import SECRET_SETTINGS
+
+    saved = {k: os.environ.pop(k) for k in SECRET_SETTINGS if k in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
+
+
 def inside(root: Path, *parts: str) -> Path:
     """root/parts..., refused when it would resolve outside root (a label like ../x or /x)."""
     path = root.joinpath(*parts)
@@ -133,7 +147,7 @@ def run_plan(plan: Plan, settings: Settings, out_root: Path, *, backend: str | N
     write_json(out / "plan.json", plan.public_dump())
 
     total = len(names) * len(points) * plan.repetitions
-    with _Signals(state) as signals:
+    with _Signals(state) as signals, _secrets_out_of_environ():
         try:
             for name in names:
                 todo = [(label, spec, rep) for label, spec in points for rep in range(plan.repetitions)
