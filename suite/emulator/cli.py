@@ -55,9 +55,6 @@ def register(app: typer.Typer) -> None:
             fail(f"unknown role {role!r}; known: {', '.join(r.value for r in roles)}")
         if kv_pool and not kv_pool.startswith(("http://", "https://")):
             fail(f"--kv-pool must be an http:// URL, got {kv_pool!r}")
-        problem = _bind_problem(host, port)
-        if problem:
-            fail(problem)
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         if role == Role.KVPOOL.value:
             from suite.emulator.kvpool import PoolServer
@@ -65,6 +62,9 @@ def register(app: typer.Typer) -> None:
             logging.getLogger("pdsuite.emulator").warning(
                 "pdsuite EMULATED shared KV pool (not a real LMCache server / Mooncake master): flavor=%s "
                 "capacity=%.3g GB listening on %s:%d", flavor, kv_pool_capacity_gb, host, port)
+            problem = _bind_problem(host, port)
+            if problem:
+                fail(problem)
             web.run_app(PoolServer(kv_pool_capacity_gb, fw.name, hardware).app(), host=host, port=port,
                         access_log=None, print=None, handle_signals=True)
             return
@@ -74,6 +74,9 @@ def register(app: typer.Typer) -> None:
             fail(str(e))
         if cost.kv_capacity_tokens() < 1:
             fail(f"model config {model_config!r} at tp={tp} does not fit hardware {hardware!r} (no room for KV)")
+        problem = _bind_problem(host, port)  # after the inputs: their errors name the input, not the port
+        if problem:
+            fail(problem)
         # sglang-router probes workers with HTTP/2 (gRPC) first; aiohttp logs each probe as an error.
         logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)
         srv = EmulatorServer(fw, Role(role), cost, host=host, port=port, model=model, hardware=hardware, tp=tp,

@@ -173,6 +173,9 @@ def run_plan(plan: Plan, settings: Settings, out_root: Path, *, backend: str | N
                 state.fatal = (f"{type(e).__name__}: {e}".splitlines()[0] +
                                f"; finished points are kept: continue with --resume {out}")
         except KeyboardInterrupt:
+            # the cut point re-runs on resume; its folder goes now that every process that wrote into it is down
+            for partial in out.rglob("*.partial"):
+                shutil.rmtree(partial, ignore_errors=True)
             state.interrupted = state.interrupted or "SIGINT"
             state.fatal = (f"interrupted by {state.interrupted}" + (f" during {state.current}" if state.current
                                                                     else "") +
