@@ -53,6 +53,10 @@ class Settings(BaseModel):
     MODEL_CACHE_DIR: str = Field(
         "~/.cache/huggingface", description="Host folder mounted as the shared Hugging Face cache."
     )
+    MODEL_CACHE_MODE: str = Field(
+        "rw", pattern=r"^(rw|ro)$",
+        description="How engines mount the cache's hub/ folder (models only: never the token file next to it): "
+                    "rw lets an engine download a missing model; ro once the model is in the cache.")
     GPU_MEMORY_FRACTION: float = Field(
         0.85, gt=0.1, le=0.98, description="Fraction of each GPU's memory the engine may take."
     )
