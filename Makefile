@@ -82,10 +82,15 @@ report: venv  ## comparison report -> reports/<name>/ [RESULTS="results/<plan>/<
 
 # ---- GPU stack -----------------------------------------------------------------------------------
 # Any profile: up-vllm-disagg, up-sglang-tp2, up-emu-vllm-disagg, up-cpu-vllm-colocated ... (`pdsuite deployments`)
-up-%: venv  ## up-<profile>: check the host, build the suite/router images if needed, start, wait until healthy
+# DRIVER=host: no Docker - the same command lines as local processes, engines from PATH or ENGINE_PREFIX.
+up-%: venv  ## up-<profile> [DRIVER=host]: check the host, build images if needed, start, wait until healthy
+ifeq ($(DRIVER),host)
+	$(PDSUITE) up $* --driver host
+else
 	$(PDSUITE) doctor --profile $*
 	BASE_IMAGE=$(BASE_IMAGE) bash scripts/build-images.sh suite router $(if $(filter cpu-%,$*),vllm-cpu)
 	$(COMPOSE) --profile $* up -d --wait
+endif
 
 KVPROBE_ARGS ?= --prefill
 KVPROBE_OUT  ?= results/kvprobe.json
@@ -97,8 +102,12 @@ kvprobe: venv  ## KV-transfer link probe (copy, NCCL P2P, NIXL) inside the vLLM 
 	  --user "$$(id -u):$$(id -g)" -e HOME=/tmp -e PYTHONPATH=/suite -v "$(CURDIR):/suite" -w /suite \
 	  --entrypoint python3 "$$img" -m suite.kvprofile --out $(KVPROBE_OUT) $(KVPROBE_ARGS)
 
-down:  ## stop every profile (always safe to run)
+down:  ## stop every profile (always safe to run) [DRIVER=host: every deployment the host driver started]
+ifeq ($(DRIVER),host)
+	$(PDSUITE) down --driver host
+else
 	COMPOSE_PROFILES='*' $(COMPOSE) down --remove-orphans --timeout 30
+endif
 
 ps:  ## containers of every profile
 	COMPOSE_PROFILES='*' $(COMPOSE) ps -a

@@ -118,7 +118,25 @@ class Settings(BaseModel):
     # --- extra engine arguments ----------------------------------------------------------------------
     VLLM_EXTRA_ARGS: str = Field("", description="Appended to every vLLM engine command line.")
     SGLANG_EXTRA_ARGS: str = Field("", description="Appended to every SGLang engine command line.")
+    SHARED_GPU_MEMORY_FRACTION: float = Field(
+        0.4, gt=0.05, le=0.48,
+        description="Fraction of the GPU each engine takes where P and D share one GPU (*-1gpu deployments).")
+    # --- telemetry ---------------------------------------------------------------------------------
+    TRACING: str = Field(
+        "on", pattern=r"^(on|off)$",
+        description="on: during `pdsuite run` the engines export per-request spans (vLLM --otlp-traces-endpoint; "
+        "the emulator the same spans) to the suite's own OTLP receiver, stored with each point "
+        "(docs/time-breakdown.md).")
+    OTLP_PORT: int = _port(4318, "Port of the suite's OTLP/HTTP trace receiver (binds BIND_ADDRESS) during runs.")
+    GPU_SAMPLE_HZ: float = Field(20.0, ge=10.0, le=100.0,
+                                 description="NVML GPU telemetry samples per second during every point (GPU hosts).")
     ENGINE_START_PERIOD_S: int = Field(900, ge=30, description="Health-check grace period for model load.")
+    # --- host driver (no Docker) ---------------------------------------------------------------------
+    ENGINE_PREFIX: str = Field(
+        "", description="Host driver: where engines and routers are installed, colon-separated venvs or `pip "
+        "install --target` folders (scripts/wheelhouse.py install); their bin/ goes first on PATH. Empty: PATH.")
+    HOST_STATE_DIR: str = Field(
+        "~/.cache/pdsuite/host", description="Host driver: state files naming the process groups it started.")
     # --- emulator ----------------------------------------------------------------------------------
     EMU_HARDWARE: str = Field("h100", description="Emulator hardware profile (see docs/emulator.md).")
     EMU_MODEL_CONFIG: str = Field("llama-3.1-8b",

@@ -21,7 +21,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel, Field
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"  # 1.1: PointResult.engine_versions, caveat, driver (additive)
 
 
 class Status(StrEnum):
@@ -29,6 +29,7 @@ class Status(StrEnum):
     ERROR = "error"  # HTTP error, broken stream, connection refused ...
     TIMEOUT = "timeout"
     CANCELLED = "cancelled"  # run interrupted (Ctrl-C) while in flight
+    NOT_SENT = "not_sent"  # planned but never sent (point stopped, connection never taken...); `error` says why
 
 
 class RequestRecord(BaseModel):
@@ -51,6 +52,7 @@ class RequestRecord(BaseModel):
     status: Status = Status.OK
     http_status: int | None = None
     error: str | None = None
+    response_id: str | None = None  # the response's `id` (vLLM: cmpl-<X-Request-Id>): joins the engines' spans
 
     # --- derived (seconds) -------------------------------------------------------------------------
     @property
@@ -87,8 +89,10 @@ class Workload(BaseModel):
     duration_s: float | None = None
     mix: dict[str, float] = Field(default_factory=dict)  # class -> share
     classes: dict[str, dict] = Field(default_factory=dict)  # class -> its length distributions
-    seed: int = 0
+    seed: int = 0  # the effective seed of this point's arrivals and prompts (one per repetition)
+    plan_seed: int | None = None  # the plan's seed it was derived from; same (plan_seed, repetition): same requests
     api: str = "completions"
+    target_rps: float | None = None  # the rate asked for, averaged over the window (None: closed loop)
 
 
 class PointResult(BaseModel):
@@ -107,6 +111,10 @@ class PointResult(BaseModel):
     ended_at: str | None = None
     load_wall_s: float | None = None  # time spent generating load (for the overhead budget)
     services: dict[str, str] = Field(default_factory=dict)  # service -> role
+    # service -> the version the engine reported about itself (vLLM GET /version), not the settings' image tag
+    engine_versions: dict[str, str] = Field(default_factory=dict)
+    driver: str | None = None  # compose | host
+    caveat: str | None = None  # what this deployment cannot show (e.g. P and D sharing one GPU)
     native: dict[str, object] = Field(default_factory=dict)  # anything framework-specific worth keeping
 
 

@@ -41,6 +41,13 @@ TOPOLOGIES: dict[Topology, tuple[tuple[Engine, ...], bool]] = {
                      _pd("prefill1", Role.PREFILL, 2, TRIO)), True),
     # P/D exactly as disagg, plus the shared CPU KV pool (framework modules: which server, which engine flags).
     Topology.DISAGG_KVPOOL: ((*DISAGG, KVPOOL), True),
+    # One GPU: P and D (or the baseline) on PREFILL_GPU, each with SHARED_GPU_MEMORY_FRACTION of its memory.
+    Topology.DISAGG_1GPU: ((Engine(name="prefill", role=Role.PREFILL, port_var="ENGINE_A_PORT",
+                                   gpu_vars=PAIR[:1], cuda_devices="0", index=0),
+                            Engine(name="decode", role=Role.DECODE, port_var="ENGINE_B_PORT",
+                                   gpu_vars=PAIR[:1], cuda_devices="0", index=1)), True),
+    Topology.COLOCATED_1GPU: ((Engine(name="engine", role=Role.COLOCATED, port_var="ENDPOINT_PORT",
+                                      gpu_vars=PAIR[:1], cuda_devices="0"),), False),
 }
 
 

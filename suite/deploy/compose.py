@@ -81,7 +81,8 @@ def engine_service(fw: Framework, dep: Deployment, eng: Engine) -> dict:
                 "--host", "${BIND_ADDRESS}", "--port", f"${{{eng.port_var}}}", "--model", "${MODEL}",
                 "--model-config", "${EMU_MODEL_CONFIG}", "--hardware", "${EMU_HARDWARE}", "--tp", str(eng.tp),
                 *fw.emulator_args(dep, eng)]
-        svc |= {"image": "${SUITE_IMAGE}", "command": command(args), "environment": {"PYTHONUNBUFFERED": "1"},
+        svc |= {"image": "${SUITE_IMAGE}", "command": command(args),
+                "environment": {"PYTHONUNBUFFERED": "1"} | fw.tracing_env(dep, eng),
                 "healthcheck": healthcheck(eng.port_var, "/health", "30s", probe_interval(dep))}
         return svc | ({"depends_on": pool} if pool else {})
     if dep.backend is Backend.CPU:
@@ -104,7 +105,7 @@ def engine_service(fw: Framework, dep: Deployment, eng: Engine) -> dict:
         if depends:
             svc["depends_on"] = depends
     svc["command"] = command(fw.engine_args(dep, eng))
-    svc["environment"] = fw.engine_env(dep, eng)
+    svc["environment"] = fw.engine_env(dep, eng) | fw.tracing_env(dep, eng)
     return svc
 
 

@@ -35,6 +35,12 @@ class Topology(StrEnum):
     P1D2 = "1p2d"  # xPyD: 1 prefill + 2 decode engines on three GPUs
     P2D1 = "2p1d"  # xPyD: 2 prefill + 1 decode engines on three GPUs
     DISAGG_KVPOOL = "disagg-kvpool"  # disagg plus a shared CPU KV pool service (LMCache server / Mooncake master)
+    # One GPU: the smoke test of the whole P/D path on any single-GPU box (each engine a share of its memory)
+    DISAGG_1GPU = "disagg-1gpu"  # prefill and decode engines on the same GPU
+    COLOCATED_1GPU = "colocated-1gpu"  # one engine with the same memory share, the baseline for disagg-1gpu
+
+
+SHARED_GPU_CAVEAT = ("shared GPU: shows the P/D path and the transfer cost, not the isolation benefit of two GPUs")
 
 
 class Engine(BaseModel):
@@ -81,6 +87,16 @@ class Deployment(BaseModel):
 
     def engines_with(self, role: Role) -> list[Engine]:
         return [e for e in self.engines if e.role is role]
+
+    @property
+    def shared_gpu(self) -> bool:
+        """Topologies built for one GPU (P and D, or the baseline, take a share of its memory)."""
+        return self.topology in (Topology.DISAGG_1GPU, Topology.COLOCATED_1GPU)
+
+    @property
+    def caveat(self) -> str | None:
+        """What a result of this deployment cannot show; the report prints it with every figure of it."""
+        return SHARED_GPU_CAVEAT if self.shared_gpu else None
 
     @property
     def emulated(self) -> bool:

@@ -26,6 +26,9 @@ def register(app: typer.Typer) -> None:
         kv_pool: str = typer.Option("", help="Shared KV pool URL (disagg-kvpool prefill): look prefixes up there."),
         kv_pool_block: int = typer.Option(256, min=1, help="Tokens per pool block (LMCache chunk / SGLang page)."),
         kv_pool_capacity_gb: float = typer.Option(8.0, min=0.001, help="--role kvpool: pool capacity in GB."),
+        otlp_traces_endpoint: str = typer.Option("", help="vLLM flavour: export vLLM's request spans (OTLP/HTTP "
+                                                  "protobuf) to this URL, e.g. http://127.0.0.1:4318/v1/traces."),
+        tracing: str = typer.Option("on", help="on | off: whether --otlp-traces-endpoint is used (TRACING)."),
     ) -> None:
         """Run the EMULATED engine: OpenAI API, the framework's /metrics and P/D hand-off, cost-model timing."""
         import asyncio
@@ -53,6 +56,10 @@ def register(app: typer.Typer) -> None:
         roles = (Role.PREFILL, Role.DECODE, Role.COLOCATED, Role.KVPOOL)
         if role not in {r.value for r in roles}:
             fail(f"unknown role {role!r}; known: {', '.join(r.value for r in roles)}")
+        if tracing not in ("on", "off"):
+            fail(f"--tracing must be on or off, got {tracing!r}")
+        if otlp_traces_endpoint and not otlp_traces_endpoint.startswith(("http://", "https://")):
+            fail(f"--otlp-traces-endpoint must be an http:// URL, got {otlp_traces_endpoint!r}")
         if kv_pool and not kv_pool.startswith(("http://", "https://")):
             fail(f"--kv-pool must be an http:// URL, got {kv_pool!r}")
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -83,7 +90,8 @@ def register(app: typer.Typer) -> None:
                              kv_port=kv_port or None, bootstrap_port=bootstrap_port or None,
                              token_budget=token_budget, max_num_seqs=max_num_seqs, max_model_len=max_model_len,
                              kv_timeout=kv_timeout, spin_s=spin_us * 1e-6, kv_pool=kv_pool or None,
-                             kv_pool_block=kv_pool_block)
+                             kv_pool_block=kv_pool_block,
+                             otlp_traces_endpoint=otlp_traces_endpoint if tracing == "on" else None)
         try:
             import uvloop
 

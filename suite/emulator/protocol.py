@@ -101,9 +101,10 @@ def token_text(i: int) -> str:
 class Responder:
     """Builds the OpenAI chunks/bodies of one request (ids, created stamp, model fixed up front)."""
 
-    def __init__(self, p: Parsed) -> None:
+    def __init__(self, p: Parsed, request_id: str | None = None) -> None:
         self.p = p
-        self.id = ("chatcmpl-" if p.chat else "cmpl-") + uuid.uuid4().hex
+        # vLLM's ids: cmpl-/chatcmpl- + the X-Request-Id header (a fresh uuid without one)
+        self.id = ("chatcmpl-" if p.chat else "cmpl-") + (request_id or uuid.uuid4().hex)
         self.created = int(time.time())
         self.object = "chat.completion.chunk" if p.chat else "text_completion"
         head = orjson.dumps({"id": self.id, "object": self.object, "created": self.created, "model": p.model})

@@ -61,7 +61,7 @@ class EmulatorServer:
                  hardware: str, tp: int = 1, kv_port: int | None = None, bootstrap_port: int | None = None,
                  token_budget: int = 8192, max_num_seqs: int = 1024, max_model_len: int = 131072,
                  kv_timeout: float = 60.0, kv_hold_s: float = 480.0, spin_s: float = 1.5e-3,
-                 kv_pool: str | None = None, kv_pool_block: int = 256) -> None:
+                 kv_pool: str | None = None, kv_pool_block: int = 256, otlp_traces_endpoint: str | None = None) -> None:
         self.fw, self.role, self.cost = fw, role, cost
         self.host, self.port, self.model, self.hardware, self.tp = host, port, model, hardware, tp
         self.kv_port, self.bootstrap_port = kv_port, bootstrap_port
@@ -75,6 +75,8 @@ class EmulatorServer:
         self.pool = PoolClient(kv_pool, kv_pool_block) if kv_pool else None
         self._pool_tasks: set[asyncio.Task] = set()
         self._ids = itertools.count()
+        self.otlp_traces_endpoint = otlp_traces_endpoint
+        self.spans = None  # SpanEmitter once started (vLLM flavour with an endpoint): the spans vLLM emits
         self._gen_total = 0
         self._last_scrape = (time.monotonic(), 0)
         for source in ("local_compute", "local_cache_hit", "external_kv_transfer"):
@@ -113,6 +115,10 @@ class EmulatorServer:
         await self.handoff.start()
         if self.pool:
             await self.pool.start()
+        if self.otlp_traces_endpoint and self.fw.name == "vllm":
+            from suite.emulator.tracing import SpanEmitter
+
+            self.spans = SpanEmitter(self.otlp_traces_endpoint, self.role.value, self.fw.name)
         log.warning("pdsuite EMULATED engine (not a real %s): flavor=%s role=%s model=%s hardware=%s tp=%d "
                     "listening on %s:%d%s%s", self.fw.name, self.fw.name, self.role.value, self.model,
                     self.hardware, self.tp, self.host, self.port,
@@ -129,6 +135,8 @@ class EmulatorServer:
             await self.pool.stop()
         if self.engine:
             await self.engine.stop()
+        if self.spans:
+            self.spans.shutdown()  # exports what is still queued
 
     def _error(self, err: ApiError) -> web.Response:
         return web.Response(body=error_body(err, self.fw.emulator_error_style), status=err.status,
@@ -202,7 +210,7 @@ class EmulatorServer:
         hashes = await self._pool_lookup(p, plan) if self.pool else None
         max_tokens = plan.max_tokens or p.max_tokens
         stream = p.stream and plan.finish is None  # P answers the router non-streaming, with its hand-off
-        resp_builder = Responder(p)
+        resp_builder = Responder(p, request.headers.get("X-Request-ID"))
         loop = asyncio.get_running_loop()
         done: asyncio.Future = loop.create_future()
         now = time.monotonic()
@@ -244,6 +252,8 @@ class EmulatorServer:
             self.engine.abort(req)
             raise
         self.engine.defer(functools.partial(self._record, req, p, plan, stream))  # off the deadline path
+        if self.spans:
+            self.engine.defer(functools.partial(self._span, req, p, rid, request.headers))
         if resp is None:
             return web.json_response(resp_builder.full(req.generated, extra), dumps=lambda o: orjson.dumps(o).decode())
         await resp.write_eof()  # usage and [DONE] went out with the last token
@@ -265,6 +275,14 @@ class EmulatorServer:
             plan.ready_delay += self.cost.pool_load_s(hit)
             plan.sources = {"local_compute": p.prompt_tokens - hit, "external_kv_transfer": hit}
         return hashes
+
+    def _span(self, r: SimRequest, p: Parsed, rid: str, headers) -> None:
+        from suite.emulator.tracing import vllm_request_id
+
+        self.spans.emit(headers=headers, request_id=vllm_request_id(rid, p.chat), arrival=r.arrival,
+                        scheduled=r.scheduled_at, first_token=r.first_token_at, last_token=r.finished_at,
+                        prompt_tokens=r.prompt, completion_tokens=r.generated, max_tokens=r.max_tokens,
+                        temperature=getattr(p, "temperature", None))
 
     def _record(self, r: SimRequest, p: Parsed, plan: Plan, stream: bool) -> None:
         m = self.metrics

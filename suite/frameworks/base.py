@@ -34,6 +34,13 @@ class Framework:
     entrypoint: ClassVar[list[str] | None]  # None: keep the image's entrypoint
     cpu_topologies: ClassVar[tuple[Topology, ...]] = ()  # topologies with a real CPU backend
     health_path: ClassVar[str] = "/health"
+    # the engine image's entrypoint: what the host driver runs in front of the compose command line
+    image_entrypoint: ClassVar[list[str]]
+    # where the engine says which version it is (the report records what ran, not what the settings name)
+    version_path: ClassVar[str | None] = None
+    version_key: ClassVar[str] = "version"
+    # regexes for the log line that names why an engine failed to start (the host driver quotes the first match)
+    failure_patterns: ClassVar[tuple[str, ...]] = ()
     # normalised metric name -> native family (engine /metrics and router /metrics)
     engine_metrics: ClassVar[dict[str, MetricMap]]
     router_metrics: ClassVar[dict[str, MetricMap]]
@@ -76,6 +83,20 @@ class Framework:
         """Longest request (prompt + output) the deployment's engines accept."""
         return settings.MAX_MODEL_LEN
 
+    # ---- request tracing (docs/time-breakdown.md) ---------------------------------------------------
+    def tracing_args(self, dep: Deployment, eng: Engine, endpoint: str) -> list[str]:
+        """Engine arguments that make a real engine export its request spans to `endpoint` (OTLP/HTTP). The runner
+        appends them (to the framework's *_EXTRA_ARGS setting) only while its receiver runs; [] = no spans."""
+        return []
+
+    def tracing_env(self, dep: Deployment, eng: Engine) -> dict[str, str]:
+        """OpenTelemetry SDK settings every engine gets (inert while tracing is off): OTLP over HTTP/protobuf to the
+        suite's receiver, a short batch delay so a point's spans arrive before the next point, and resource
+        attributes naming the engine so a span tells whether P or D sent it."""
+        return {"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/protobuf", "OTEL_BSP_SCHEDULE_DELAY": "500",
+                "OTEL_SERVICE_NAME": dep.service(eng.name),
+                "OTEL_RESOURCE_ATTRIBUTES": f"pdsuite.role={eng.role.value},pdsuite.engine={eng.name}"}
+
     def extra_ports(self, dep: Deployment, eng: Engine) -> list[str]:
         """Settings naming ports the engine opens besides its HTTP port (side channels, bootstrap, NCCL)."""
         return []
@@ -108,6 +129,11 @@ def _load() -> None:
 
     for module in FRAMEWORK_MODULES:  # each registers itself on import
         importlib.import_module(module)
+
+
+def memory_fraction(dep: Deployment) -> str:
+    """Engines that share one GPU each take SHARED_GPU_MEMORY_FRACTION of it; others GPU_MEMORY_FRACTION."""
+    return "${SHARED_GPU_MEMORY_FRACTION}" if dep.shared_gpu else "${GPU_MEMORY_FRACTION}"
 
 
 def url(port_setting: str) -> str:

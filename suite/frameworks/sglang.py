@@ -9,7 +9,17 @@ from __future__ import annotations
 
 import json
 
-from suite.frameworks.base import Backend, Deployment, Engine, Framework, MetricMap, Role, register, url
+from suite.frameworks.base import (
+    Backend,
+    Deployment,
+    Engine,
+    Framework,
+    MetricMap,
+    Role,
+    memory_fraction,
+    register,
+    url,
+)
 
 NCCL_PORT = ("SGLANG_NCCL_PORT_A", "SGLANG_NCCL_PORT_B", "SGLANG_NCCL_PORT_C")  # by engine index
 
@@ -69,6 +79,11 @@ class SGLang(Framework):
     image_setting = "SGLANG_IMAGE"
     extra_args_setting = "SGLANG_EXTRA_ARGS"
     entrypoint = ["python3", "-m", "sglang.launch_server"]
+    image_entrypoint = entrypoint
+    version_path = "/get_server_info"  # {"version": "0.5.23", ...}
+    failure_patterns = (r"CUDA out of memory", r"torch\.OutOfMemoryError", r"Address already in use",
+                        r"No CUDA GPUs are available", r"ModuleNotFoundError", r"unrecognized arguments",
+                        r"Not enough memory")
     role_label = "engine_type"
     # Command-line proof (suite/cpu/parsecheck.py): parser-only venv, see docs/cpu-backends.md.
     parser_venv = "sglang"
@@ -81,7 +96,7 @@ class SGLang(Framework):
         args = ["--model-path", "${MODEL}", "--served-model-name", "${MODEL}",
                 "--host", "${BIND_ADDRESS}", "--port", f"${{{eng.port_var}}}",
                 "--tp-size", str(eng.tp), "--context-length", "${MAX_MODEL_LEN}",
-                "--mem-fraction-static", "${GPU_MEMORY_FRACTION}", "--load-format", "${LOAD_FORMAT}",
+                "--mem-fraction-static", memory_fraction(dep), "--load-format", "${LOAD_FORMAT}",
                 "--enable-metrics", "--nccl-port", f"${{{NCCL_PORT[eng.index]}}}"]
         if eng.role in (Role.PREFILL, Role.DECODE):
             # Both GPUs are visible to both containers (CUDA IPC); pick ours by ordinal.

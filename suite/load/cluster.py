@@ -195,7 +195,7 @@ class LoadCluster:
                 return failure or st.get("failure")
             dead = self.dead()
             if dead and failure is None:
-                failure = f"{dead} during the point; its unsent records are lost"
+                failure = f"{dead} during the point"  # its requests' records: not_sent, by the master
                 if dead.startswith("load master"):
                     return failure
                 self._post("/pdsuite/abort", {"run": self.run_id, "reason": failure})

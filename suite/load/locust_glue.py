@@ -1,12 +1,16 @@
 """Locust glue: central open-loop schedule split across workers, closed loop, per-class live stats, records.
 
 How a run goes (master + N workers, or one local process):
+  a worker says "pd_hello" once its handlers exist (Locust connects it to the master before pdsuite's init runs:
+  a start sent before then would be dropped); the master counts and loads only workers that said it
   master test_start -> "pd_start" to worker k of N: {spec, model, host, k, N}; each worker sets up and answers
   "pd_ready"; when all have, the master sends "pd_go" {t0 (wall clock), GO_DELAY_S ahead}
   worker: dispatcher greenlet sends its share of the schedule (plans k, k+N, ...) at the scheduled times, each request
           in its own greenlet (open loop: never waits for responses), or runs its share of the closed-loop streams;
           fires per-class stats rows (TTFT/ITL/TPOT/E2E <class>, send lag) and sends records to the master every second
   worker done -> "pd_done"; master writes <out>/requests.parquet + summary.json, and in headless mode quits.
+Every planned request of a point ends in one record: one the point could not send (stopped first, a worker died)
+is a `not_sent` record with the reason, written by its worker or, when that worker is gone, by the master.
 Locust users are placeholders that keep a run alive (Locust needs >= 1); the load comes from the dispatcher.
 Live changes: GET /pdsuite/rate?rps=8 and /pdsuite/mix?long_prefill=1&short_decode=3 on the web UI (or the start
 form's "Pd rate" / "Pd mix" fields); GET /pdsuite shows the state, including EMULATED when the endpoint says so.
@@ -71,6 +75,8 @@ class _Worker:
         self.rate = self.spec.arrival.rate_rps
         self.model, self.index, self.count = msg["model"], msg["index"], msg["count"]
         self.itl_events = msg.get("itl_events", True)
+        self.record_unsent = bool(msg.get("record_unsent"))  # a point (not an interactive run): every plan a record
+        self.stop_reason = "the point was stopped before its send time"
         if self.ep is None or self.ep.url != msg["host"]:  # a persistent worker keeps its keep-alive connections
             if self.ep is not None:
                 self.ep.close()
@@ -114,8 +120,11 @@ class _Worker:
             self.mux.cancel_all(reason)
 
     def abort(self, data: dict) -> None:
-        """The master cancels this point: in-flight requests become `cancelled` records, then pd_done."""
+        """The master cancels this point: in-flight requests become `cancelled` records, unsent ones `not_sent`,
+        then pd_done."""
         if data.get("run") == self.run and self.env is not None and not self.stopping:
+            if data.get("reason"):
+                self.stop_reason = f"not sent: {data['reason']}"
             self.stop(cancel=True)
 
     def now_s(self) -> float:
@@ -196,30 +205,49 @@ class _Worker:
 
     def _open_loop(self) -> None:
         s = self.spec
-        todo = self.todo
-        while True:
-            epoch = self.epoch
-            for p in todo:
-                if self.stopping or self.epoch != epoch:
+        todo, nxt, pend = self.todo, 0, None  # nxt: the first plan of `todo` not handed to the network yet
+        try:
+            while True:
+                epoch = self.epoch
+                for k, p in enumerate(todo):
+                    nxt = k
+                    if self.stopping or self.epoch != epoch:
+                        break
+                    if epoch and p.index < REPLAN_BASE * epoch:  # a re-plan draws its own classes with the new mix
+                        continue
+                    # Body and connection are ready before the scheduled time, and this greenlet writes the request
+                    # itself at that time: nothing else runs between the wake-up and the send.
+                    body = self._body(p)
+                    self._wait_until(p.scheduled_s - PREPARE_AHEAD_S)
+                    pend = self._prepare(p, body)
+                    self._wait_until(p.scheduled_s)
+                    send(pend, self.t0_ns)
+                    out, pend, nxt = pend, None, k + 1
+                    self._follow_async(out)
+                    self.sent += 1
+                else:
+                    nxt = len(todo)
+                if self.epoch == epoch or self.stopping:
                     break
-                if epoch and p.index < REPLAN_BASE * epoch:  # a re-plan draws its own classes with the new mix
-                    continue
-                # Body and connection are ready before the scheduled time, and this greenlet writes the request
-                # itself at that time: nothing else runs between the wake-up and the send.
-                body = self._body(p)
-                self._wait_until(p.scheduled_s - PREPARE_AHEAD_S)
-                pend = self._prepare(p, body)
-                self._wait_until(p.scheduled_s)
-                send(pend, self.t0_ns)
-                self._follow_async(pend)
-                self.sent += 1
-            if self.epoch == epoch or self.stopping:
-                break
-            todo = self._replan()
+                todo, nxt = self._replan(), 0  # the old schedule's rest is replaced, not dropped
+        finally:  # stopped (or killed) before the end of the schedule: what was not sent is recorded as such
+            self._unsent(todo[nxt + (pend is not None):], pend)
         limit = s.drain_timeout_s + s.request_timeout_s
         self.inflight.join(timeout=limit)
         if self.mux is not None and not self.mux.empty.wait(timeout=limit):
             self._cancel_inflight(f"still in flight {limit:g} s after the last send")
+
+    def _unsent(self, rest: list[Planned], pend: Pending | None) -> None:
+        """One `not_sent` record for each plan left (a point, not an interactive run stopped by its user)."""
+        if pend is not None and pend.sock is not None:
+            pend.sock.close()
+            pend.sock = None
+        if pend is not None and self.record_unsent:
+            pend.out.record.status, pend.out.record.error = Status.NOT_SENT, self.stop_reason
+            self.pending.append(pend.out.record)
+        if self.record_unsent:
+            for p in rest:
+                self.pending.append(not_sent_record(self.spec, p, self.stop_reason, self.name))
 
     def _replan(self) -> list[Planned]:
         start = self.now_s()
@@ -341,6 +369,7 @@ class _Master:
     messages carry the point's run id, so records arriving late from an earlier point never mix into this one."""
 
     GO_DELAY_S = 0.02  # once all workers are set up, t0 is this far ahead: a message's way to a worker, with room
+    PROBE_AFTER_S = 10.0
 
     def __init__(self) -> None:
         self.records: list[dict] = []
@@ -356,6 +385,9 @@ class _Master:
         self.out = ""
         self.finished = False
         self.failure: str | None = None
+        self.record_unsent = False
+        self.replanned = False  # a live rate/mix change replaced the schedule: "planned" is what the workers drew
+        self.hello: set[str] = set()  # workers whose pdsuite handlers exist (they said pd_hello)
 
     def spec(self) -> LoadSpec:
         from suite.load.resolve import resolve_spec
@@ -388,13 +420,17 @@ class _Master:
         self.begin(spec, o.pd_model or os.environ.get("PDSUITE_MODEL", ""), env.host, o.pd_out,
                    o.pd_itl_events == "on", self.run + 1)
 
-    def begin(self, spec: LoadSpec, model: str, host: str, out: str, itl_events: bool, run: int) -> None:
+    def begin(self, spec: LoadSpec, model: str, host: str, out: str, itl_events: bool, run: int,
+              record_unsent: bool = False) -> None:
+        """record_unsent: a measured point, where every planned request must end in a record (not_sent ones
+        too); an interactive run stopped from the UI ends where its user stopped it."""
         self.run, self.out, self.records, self.done, self.by_class = run, out, [], set(), {}
         self.ready = set()
         self.emulated, self.finished, self.failure = False, False, None
+        self.record_unsent, self.replanned = record_unsent, False
         self.rate, self.mix, self.spec_used = spec.arrival.rate_rps, spec.shares(), spec
         msg = {"run": run, "spec": spec.model_dump(mode="json"), "model": model, "host": host,
-               "itl_events": itl_events}
+               "itl_events": itl_events, "record_unsent": record_unsent}
         self.started_at = 0.0
         runner = self.env.runner
         if isinstance(runner, MasterRunner):
@@ -409,9 +445,24 @@ class _Master:
         _settle_gc()
 
     def worker_ids(self) -> list[str]:
+        """Connected workers that have said pd_hello: one that has not yet would drop a pd_start."""
         from locust.runners import STATE_MISSING
 
-        return sorted(c.id for c in self.env.runner.clients.values() if c.state != STATE_MISSING)
+        return sorted(c.id for c in self.env.runner.clients.values() if c.state != STATE_MISSING and c.id in self.hello)
+
+    def prober(self) -> None:
+        """Ask a worker connected for PROBE_AFTER_S that has not said pd_hello: covers a hello sent before the
+        master listened (a worker asked before its handlers exist only logs that it does not know pd_probe)."""
+        from locust.runners import STATE_MISSING
+
+        seen: dict[str, float] = {}
+        while True:
+            gevent.sleep(1.0)
+            runner, now = self.env.runner, time.monotonic()
+            for c in list(runner.clients.values()):
+                if c.id not in self.hello and c.state != STATE_MISSING and \
+                        now - seen.setdefault(c.id, now) > self.PROBE_AFTER_S:
+                    runner.send_message("pd_probe", {}, client_id=c.id)
 
     def abort(self, reason: str) -> None:
         """Cancel the point: live workers cancel their in-flight requests (recorded) and report; a dead worker
@@ -419,9 +470,9 @@ class _Master:
         self.failure = reason
         runner = self.env.runner
         if isinstance(runner, MasterRunner):
-            runner.send_message("pd_abort", {"run": self.run})
+            runner.send_message("pd_abort", {"run": self.run, "reason": reason})
         else:
-            WORKER.abort({"run": self.run})
+            WORKER.abort({"run": self.run, "reason": reason})
         run = self.run
         gevent.spawn_later(5.0, lambda: self.run == run and self.finish())
 
@@ -444,8 +495,7 @@ class _Master:
             for r in data["records"]:
                 c = self.by_class.get(r["request_class"])
                 if c is None:
-                    c = self.by_class[r["request_class"]] = {"done": 0, "ok": 0, "error": 0, "timeout": 0,
-                                                             "cancelled": 0}
+                    c = self.by_class[r["request_class"]] = {"done": 0} | {st.value: 0 for st in Status}
                 c["done"] += 1
                 c[r["status"]] += 1
             self.emulated = self.emulated or bool(data.get("emulated"))  # live, for the UI's marker
@@ -463,6 +513,7 @@ class _Master:
             return
         out = self.out
         if out:
+            self.records += self.unrecorded()
             n = write_records(Path(out) / "requests.parquet", self.records)
             info = {"records": n, "workers": self.workers, "emulated": self.emulated, "run": self.run,
                     "t0_wall": self.started_at, "failure": self.failure,
@@ -473,6 +524,22 @@ class _Master:
         _resume_gc()
         if self.env.parsed_options.headless:
             gevent.spawn_later(0.2, self.env.runner.quit)
+
+    def unrecorded(self) -> list[dict]:
+        """not_sent records for planned requests no worker reported (a worker died, or never answered an abort)."""
+        spec = getattr(self, "spec_used", None)
+        if not self.record_unsent or spec is None or self.replanned:
+            return []
+        if spec.arrival.kind == "concurrency":
+            if spec.num_requests is None or spec.duration_s is not None:
+                return []  # a closed loop that runs for a time plans no fixed set of requests
+            todo = [Planned(i, *draw(spec, i), None) for i in range(spec.num_requests)]
+        else:
+            todo = plans(spec)
+        seen = {r["request_id"] for r in self.records}
+        why = "no record came back from its worker" + (f" ({self.failure})" if self.failure else "")
+        return [not_sent_record(spec, p, why, f"w{p.index % max(1, self.workers)}").model_dump(mode="json")
+                for p in todo if f"{spec.seed}-{p.index}" not in seen]
 
     def status(self) -> dict:
         by = {k: dict(v) for k, v in self.by_class.items()}
@@ -501,6 +568,13 @@ def _settle_gc() -> None:
 def _resume_gc() -> None:
     young, middle, _ = gc.get_threshold()
     gc.set_threshold(young, middle, _FULL_GC_EVERY)
+
+
+def not_sent_record(spec: LoadSpec, p: Planned, reason: str, worker: str) -> RequestRecord:
+    return RequestRecord(request_id=f"{spec.seed}-{p.index}", request_class=p.request_class, api=spec.api,
+                         worker=worker, input_tokens=p.input_tokens, max_tokens=p.max_tokens,
+                         scheduled_s=p.scheduled_s if p.scheduled_s is not None else 0.0, status=Status.NOT_SENT,
+                         error=reason)
 
 
 def parse_mix(text: str) -> dict[str, float]:
@@ -540,16 +614,22 @@ def _args(parser) -> None:
 def _init(environment, **_kw) -> None:
     runner = environment.runner
     if isinstance(runner, WorkerRunner):
+        if os.environ.get("PDSUITE_TEST_WORKER_INIT_DELAY_S"):  # tests only: widen the connect -> init gap
+            gevent.sleep(float(os.environ["PDSUITE_TEST_WORKER_INIT_DELAY_S"]))
         runner.register_message("pd_start", lambda msg, **kw: WORKER.start(environment, msg.data))
         runner.register_message("pd_go", lambda msg, **kw: WORKER.go(msg.data))
         runner.register_message("pd_rate", lambda msg, **kw: _set_live(msg.data))
         runner.register_message("pd_abort", lambda msg, **kw: WORKER.abort(msg.data))
+        runner.register_message("pd_probe", lambda msg, **kw: runner.send_message("pd_hello", {}))
+        runner.send_message("pd_hello", {})  # only now can this worker take a point
         return
     MASTER.env = environment
     if isinstance(runner, MasterRunner):
         runner.register_message("pd_ready", lambda msg, **kw: MASTER.on_message("pd_ready", msg.data))
         runner.register_message("pd_records", lambda msg, **kw: MASTER.on_message("pd_records", msg.data))
         runner.register_message("pd_done", lambda msg, **kw: MASTER.on_message("pd_done", msg.data))
+        runner.register_message("pd_hello", lambda msg, **kw: MASTER.hello.add(msg.node_id))
+        gevent.spawn(MASTER.prober)
     if environment.web_ui:
         _routes(environment)
 
@@ -586,7 +666,8 @@ def _routes(environment) -> None:
         if isinstance(environment.runner, MasterRunner) and not MASTER.worker_ids():
             return jsonify({"error": "no workers connected"}), 409
         spec = LoadSpec.model_validate(req["spec"])
-        MASTER.begin(spec, req["model"], req["host"], req["out"], bool(req.get("itl_events")), int(req["run"]))
+        MASTER.begin(spec, req["model"], req["host"], req["out"], bool(req.get("itl_events")), int(req["run"]),
+                     record_unsent=True)
         return jsonify(MASTER.status())
 
     @app.route("/pdsuite/abort", methods=["POST"])
@@ -622,7 +703,7 @@ def _routes(environment) -> None:
 def _broadcast(data: dict):
     from flask import jsonify
 
-    MASTER.rate, MASTER.mix = data["rate_rps"], data["mix"]
+    MASTER.rate, MASTER.mix, MASTER.replanned = data["rate_rps"], data["mix"], True
     runner = MASTER.env.runner
     if isinstance(runner, MasterRunner):
         runner.send_message("pd_rate", data)

@@ -31,6 +31,7 @@ SCHEMA = pa.schema([
     ("status", pa.string()),
     ("http_status", pa.int64()),
     ("error", pa.string()),
+    ("response_id", pa.string()),
     # derived
     ("send_lag_s", pa.float64()),
     ("ttft_s", pa.float64()),

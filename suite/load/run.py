@@ -20,7 +20,11 @@ class LoadSummary(BaseModel):
     timeouts: int = 0
     cancelled: int = 0
     by_class: dict[str, dict[str, int]] = Field(default_factory=dict)  # class -> {ok, error, timeout, cancelled}
-    target_rps: float | None = None
+    not_sent: int = 0  # planned, never sent (the point was stopped, the endpoint never took it...): reason recorded
+    planned: int | None = None  # open loop: requests in the schedule (records == planned)
+    target_rps: float | None = None  # the rate the spec asks for, averaged over its window
+    offered_rps: float | None = None  # sent / window: what the point really offered (compare with target_rps)
+    window_s: float | None = None  # the schedule's window (duration, steps' end, trace span)
     achieved_rps: float | None = None  # (sent - 1) / (last send - first send)
     send_lag_p99_ms: float | None = None
     send_lag_max_ms: float | None = None
@@ -92,21 +96,28 @@ def summarise(parquet: Path, spec: LoadSpec | None = None) -> LoadSummary:
     recs = read_records(parquet)
     s = LoadSummary(records=parquet, sent=sum(r.sent_s is not None for r in recs))
     for r in recs:
-        c = s.by_class.setdefault(r.request_class, {"ok": 0, "error": 0, "timeout": 0, "cancelled": 0})
+        c = s.by_class.setdefault(r.request_class, {st.value: 0 for st in Status})
         c[r.status.value] += 1
     s.ok = sum(r.status is Status.OK for r in recs)
     s.errors = sum(r.status is Status.ERROR for r in recs)
     s.timeouts = sum(r.status is Status.TIMEOUT for r in recs)
     s.cancelled = sum(r.status is Status.CANCELLED for r in recs)
+    s.not_sent = sum(r.status is Status.NOT_SENT for r in recs)
     sent = np.sort([r.sent_s for r in recs if r.sent_s is not None])
     if len(sent) > 1 and sent[-1] > sent[0]:
         s.achieved_rps = (len(sent) - 1) / (sent[-1] - sent[0])
     lag = np.asarray([r.send_lag_s for r in recs if r.send_lag_s is not None])
-    if spec is not None and spec.arrival.kind != "concurrency":
-        sched = np.sort([r.scheduled_s for r in recs])
-        if len(sched) > 1 and sched[-1] > sched[0]:
-            s.target_rps = (len(sched) - 1) / (sched[-1] - sched[0])
-        if len(lag):
-            s.send_lag_p99_ms = float(np.percentile(lag, 99) * 1000)
-            s.send_lag_max_ms = float(lag.max() * 1000)
+    if spec is not None:
+        from suite.load.schedule import plans, target_rps, window_s
+
+        s.target_rps, s.window_s = target_rps(spec), window_s(spec)
+        if spec.arrival.kind != "concurrency":
+            s.planned = len(plans(spec))
+        if s.window_s:
+            s.offered_rps = s.sent / s.window_s
+        elif s.achieved_rps is not None:  # num_requests without a duration: the sends' own span
+            s.offered_rps = s.achieved_rps
+    if spec is not None and spec.arrival.kind != "concurrency" and len(lag):
+        s.send_lag_p99_ms = float(np.percentile(lag, 99) * 1000)
+        s.send_lag_max_ms = float(lag.max() * 1000)
     return s

@@ -65,10 +65,10 @@ def arrival_times(spec: LoadSpec, rate_rps: float | None = None, start_s: float 
         rate = rate_rps or a.rate_rps
         span = duration - start_s
         n = limit if span == float("inf") else min(limit, int(span * rate * 1.5 + 50))
-        gaps = rng.exponential(1.0 / rate, size=n) if a.kind == "poisson" else np.full(n, 1.0 / rate)
-        if a.kind == "constant":
-            gaps[0] = 0.0
-        t = start_s + np.cumsum(gaps)
+        if a.kind == "poisson":
+            t = start_s + np.cumsum(rng.exponential(1.0 / rate, size=n))
+        else:  # k / rate, not a sum of gaps: 1 s at 10 req/s is 10 requests, not 11 by rounding
+            t = start_s + np.arange(n) / rate
         return t[t < duration][:limit]
     if a.kind == "ramp":
         r0, r1 = a.rate_rps, a.end_rps
@@ -84,6 +84,41 @@ def arrival_times(spec: LoadSpec, rate_rps: float | None = None, start_s: float 
 
         return np.asarray(_thinned(rng, rate_at, max(rates) or 1e-9, total, limit))
     raise ValueError(f"no arrival times for {a.kind}")
+
+
+def window_s(spec: LoadSpec) -> float | None:
+    """The span the schedule offers load over (seconds from t0), when the spec fixes it: the duration, a step
+    schedule's end, a trace's last arrival. None: only the requests' own times tell (num_requests, no duration)."""
+    a = spec.arrival
+    duration = spec.duration_s
+    if a.kind == "step":
+        total = float(sum(d for d, _ in a.steps))
+        return min(total, duration) if duration is not None else total
+    if a.kind == "trace" and duration is None:
+        used = plans(spec)
+        return (used[-1].scheduled_s or None) if used else None
+    return duration
+
+
+def target_rps(spec: LoadSpec) -> float | None:
+    """The rate a point asks for, averaged over its window (what a label such as rate=2 promises). Trace: the
+    trace's own rate over its window. Closed loop: None (the rate is whatever the streams achieve)."""
+    a = spec.arrival
+    if a.kind in ("poisson", "constant"):
+        return a.rate_rps
+    if a.kind == "ramp":
+        return (a.rate_rps + a.end_rps) / 2
+    if a.kind == "step":
+        left, area = window_s(spec), 0.0
+        total = left
+        for d, r in a.steps:
+            take = min(d, left)
+            area, left = area + take * r, left - take
+        return area / total if total else None
+    if a.kind == "trace":
+        w = window_s(spec)
+        return len(plans(spec)) / w if w else None
+    return None
 
 
 def plans(spec: LoadSpec, worker: int = 0, workers: int = 1) -> list[Planned]:

@@ -80,7 +80,7 @@ class LoadSpec(BaseModel):
     arrival: Arrival = Field(default_factory=lambda: Arrival(kind="poisson", rate_rps=1.0))
     duration_s: float | None = Field(None, gt=0)  # open loop: schedule length; closed loop: run length
     num_requests: int | None = Field(None, ge=1)  # stop after this many (whichever comes first)
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**63)  # a plan's repetitions each derive their own (suite.plan.repetition_seed)
     api: Literal["completions", "chat"] = "completions"
     # how text prompts get their exact token count: "auto" (the runner picks: emulated -> words, real engines ->
     # the served model's tokenizer from a local folder), "words" (one token per word), "hf:<local folder>"
@@ -144,6 +144,8 @@ class LoadSpec(BaseModel):
         return {k: v / total for k, v in self.mix.items() if v > 0}
 
     def to_workload(self) -> Workload:
+        from suite.load.schedule import target_rps
+
         a = self.arrival
         return Workload(
             arrival=a.kind,
@@ -154,6 +156,7 @@ class LoadSpec(BaseModel):
             classes={k: c.model_dump() for k, c in self.classes.items()},
             seed=self.seed,
             api=self.api,
+            target_rps=target_rps(self),
         )
 
 

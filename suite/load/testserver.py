@@ -2,7 +2,8 @@
 
 Stamps (monotonic ns) the arrival of each request's first byte and every token's write, so a client's measured
 TTFT/ITL can be compared with what the server really did. Not an engine: fixed TTFT and ITL, optional injected
-errors, optional `x-pdsuite-emulated: true` header.
+errors, optional `x-pdsuite-emulated: true` header, optional engine quirks: tokens streamed with empty text (vLLM's
+partial UTF-8 characters), a closing chunk that carries only the finish reason (SGLang), streams that stall.
 
 The arrival stamp is the kernel's receive timestamp of the request's first packet (SO_TIMESTAMPNS), not when this
 process got round to reading it: a busy server must not shorten its own "true" TTFT and so inflate the client
@@ -39,9 +40,11 @@ def _chunk(payload: bytes) -> bytes:
 
 
 class Server:
-    def __init__(self, ttft_ms: float, itl_ms: float, emulated: bool, fail_every: int, break_every: int) -> None:
+    def __init__(self, ttft_ms: float, itl_ms: float, emulated: bool, fail_every: int, break_every: int,
+                 empty_every: int = 0, finish_chunk: bool = False, stall_after: int = -1) -> None:
         self.ttft_ns, self.itl_ns = int(ttft_ms * 1e6), int(itl_ms * 1e6)
         self.emulated, self.fail_every, self.break_every = emulated, fail_every, break_every
+        self.empty_every, self.finish_chunk, self.stall_after = empty_every, finish_chunk, stall_after
         self.count = 0
         self.stamps: list[dict] = []
         self.timers: list = []  # heap of (monotonic ns, seq, callback, args)
@@ -163,7 +166,12 @@ class Conn:
         if cut and i == n_out // 2:
             self.close()  # broken stream: the client must record an error
             return
-        choice = {"index": 0, "delta": {"content": " t"}} if chat else {"index": 0, "text": " t"}
+        if i == self.srv.stall_after:
+            return  # stalled: the connection stays open and silent
+        text = "" if self.srv.empty_every and i % self.srv.empty_every == 0 else " t"  # token 0 empty too
+        choice = {"index": 0, "delta": {"content": text}} if chat else {"index": 0, "text": text}
+        if i + 1 == n_out and not (self.srv.finish_chunk and chat):
+            choice["finish_reason"] = "length"
         payload = _chunk(b"data: " + orjson.dumps({"object": "chunk", "choices": [choice]}) + b"\n\n")
         if not self.write(payload):  # the client is not reading: the bytes wait here, the stamp is a lower bound
             stamp["queued"] = stamp.get("queued", 0) + 1
@@ -171,6 +179,9 @@ class Conn:
         if i + 1 < n_out:
             self.srv.at(t_first + (i + 1) * self.srv.itl_ns, self._token, i + 1, ctx)
             return
+        if self.srv.finish_chunk and chat:  # SGLang's closing chat chunk: no token in it
+            self._event({"choices": [{"index": 0, "delta": {"role": None, "content": None},
+                                      "finish_reason": "length"}]})
         usage = {"prompt_tokens": n_in, "completion_tokens": n_out, "total_tokens": n_in + n_out}
         self._event({"choices": [], "usage": usage})
         self.write(_chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")
@@ -230,9 +241,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--emulated", action="store_true", help="send x-pdsuite-emulated: true")
     p.add_argument("--fail-every", type=int, default=0, help="answer every k-th request with HTTP 500")
     p.add_argument("--break-every", type=int, default=0, help="cut every k-th stream half way")
+    p.add_argument("--empty-every", type=int, default=0, help="every k-th token (the first included) has empty text")
+    p.add_argument("--finish-chunk", action="store_true", help="chat: end with a chunk that carries only finish_reason")
+    p.add_argument("--stall-after", type=int, default=-1, help="stop streaming (connection open) after n tokens")
     p.add_argument("--stamps", default=None, help="write per-request stamps (JSONL) on exit")
     a = p.parse_args(argv)
-    serve(a.host, a.port, Server(a.ttft_ms, a.itl_ms, a.emulated, a.fail_every, a.break_every), a.stamps)
+    serve(a.host, a.port, Server(a.ttft_ms, a.itl_ms, a.emulated, a.fail_every, a.break_every, a.empty_every,
+                                 a.finish_chunk, a.stall_after), a.stamps)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,10 @@
     repetitions: 3
     warmup_requests: 8
 
+Repetitions are independent samples of the workload: repetition k of every point draws its arrivals and prompts
+from its own seed, derived from the workload's `seed` and k (`repetition_seed`), and every deployment gets the
+same requests in repetition k, so deployments are compared pair by pair.
+
 Everything is validated before anything starts (`load_plan` raises PlanError with one line).
 """
 
@@ -19,6 +23,7 @@ import math
 import re
 from pathlib import Path
 
+import numpy as np
 import yaml
 from pydantic import BaseModel, Field, ValidationError
 
@@ -79,6 +84,23 @@ class Plan(BaseModel):
         data = self.model_dump(mode="json")
         data["settings"] = {k: ("***" if k in SECRET_SETTINGS and v else v) for k, v in self.settings.items()}
         return data
+
+
+def repetition_seed(plan_seed: int, rep: int, purpose: int = 0) -> int:
+    """The seed of repetition `rep` (purpose 1: the warm-up, whose prompts must not be any repetition's).
+    A hash of (plan seed, rep) through numpy's SeedSequence: stable across runs and machines, and neighbouring
+    repetitions share nothing (seed + rep would make repetition 1 of seed 1 repeat repetition 0 of seed 2)."""
+    state = np.random.SeedSequence([plan_seed, rep, purpose]).generate_state(2, np.uint32)
+    return (int(state[0]) << 31) ^ int(state[1])  # 63 bits: any LoadSpec seed
+
+
+def repetition_spec(spec: dict, rep: int) -> dict:
+    """A point's workload dict as repetition `rep` runs it: the same but for its own seed."""
+    return spec | {"seed": repetition_seed(int(spec.get("seed", 0)), rep)}
+
+
+def warmup_seed(spec: dict) -> int:
+    return repetition_seed(int(spec.get("seed", 0)), 0, purpose=1)
 
 
 def apply_overrides(settings: Settings, overrides: dict) -> Settings:

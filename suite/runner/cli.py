@@ -16,10 +16,13 @@ def latest_run(out_root: Path, plan_name: str) -> Path | None:
 
 
 def register(app: typer.Typer) -> None:
+    register_up_down(app)
+
     @app.command()
     def run(plan: str = typer.Argument(..., help="Plan file or bundled name (plans/*.yaml)"),
             backend: str = typer.Option("", help="gpu | emu | cpu: run the plan's deployments on this backend"),
-            driver: str = typer.Option("compose", help="compose (Docker) | process (emulated only, no Docker)"),
+            driver: str = typer.Option("compose", help="compose (Docker) | host (local processes, no Docker: "
+                                       "engines from PATH or ENGINE_PREFIX)"),
             workers: int = typer.Option(2, min=1, max=64, help="Load-generator worker processes"),
             out: Path = typer.Option(Path("results"), help="Results root"),
             resume: str = typer.Option("", help="Results folder to continue, or 'latest'"),
@@ -50,8 +53,8 @@ def register(app: typer.Typer) -> None:
                 p = load_plan(plan, settings, backend or None, gpus_present=_gpu_count())
         except PlanError as e:
             fail(str(e))
-        if driver == "process" and any(not n.startswith("emu-") for n in names):
-            fail("--driver process runs emulated deployments only; add --backend emu or use Docker")
+        if driver != "compose" and any(n.startswith("cpu-") for n in names):
+            fail("cpu-* deployments run in the vllm-cpu image: use --driver compose (or --backend gpu/emu)")
         problem = _out_problem(out)
         if problem:
             fail(f"--out {out}: {problem}")
@@ -122,6 +125,67 @@ def _resume_problem(run_dir: Path, plan_name: str) -> str | None:
     if data.get("plan") != plan_name:
         return f"that run is of plan {data.get('plan')!r}, not {plan_name!r}"
     return None
+
+
+def register_up_down(app: typer.Typer) -> None:
+    @app.command()
+    def up(deployment: str = typer.Argument(..., help="Deployment (`pdsuite deployments`)"),
+           driver: str = typer.Option("host", help="host (local processes) | compose (Docker)"),
+           timeout: float = typer.Option(1800, min=1, help="Seconds to wait until every service is healthy"),
+           env_file: str = typer.Option(".env", help="Settings file"),
+           dry_run: bool = typer.Option(False, "--dry-run", help="Print each service's command line, start nothing")):
+        """Start one deployment and return when it is healthy (it keeps running; `pdsuite down` stops it)."""
+        from suite.config import load_settings
+        from suite.runner import hostenv
+        from suite.runner.drivers import DRIVERS, DeployError, make_driver
+
+        if driver not in DRIVERS:
+            _fail(f"unknown driver {driver!r}: {', '.join(DRIVERS)}")
+        settings = load_settings(env_file)
+        try:
+            d = make_driver(driver, deployment, settings, hostenv.state_dir(settings) / deployment / "logs")
+        except ValueError as e:
+            _fail(str(e))
+        if dry_run:
+            if not hasattr(d, "services_argv"):
+                _fail("--dry-run shows the host driver's command lines; compose: `docker compose config`")
+            for name, (argv, env, _role) in d.services_argv().items():
+                gpus = f"CUDA_VISIBLE_DEVICES={env['CUDA_VISIBLE_DEVICES']} " if "CUDA_VISIBLE_DEVICES" in env else ""
+                typer.echo(f"{name}: {gpus}{' '.join(argv)}")
+            return
+        try:
+            d.up(timeout)
+        except DeployError as e:
+            d.down()
+            _fail(f"{deployment} did not start: {e}", 1)
+        typer.echo(f"{deployment}: healthy at {d.endpoint} (logs: {d.log_dir}); stop with `pdsuite down "
+                   f"{deployment} --driver {driver}`")
+
+    @app.command()
+    def down(deployment: str = typer.Argument("", help="Deployment; empty = every one this driver started"),
+             driver: str = typer.Option("host", help="host | compose"),
+             env_file: str = typer.Option(".env", help="Settings file")):
+        """Stop deployments: host: the process groups named in the state files; compose: `docker compose down`."""
+        import subprocess
+
+        from suite.config import load_settings
+        from suite.runner import hostenv
+
+        settings = load_settings(env_file)
+        if driver == "compose":
+            from suite.runner.drivers import ROOT
+
+            profile = deployment or "*"
+            subprocess.run(["docker", "compose", "-f", str(ROOT / "docker-compose.yml"), "--profile", profile,
+                            "down", "--remove-orphans", "--timeout", "30"], check=False)
+            return
+        done = hostenv.down_stale(settings, deployment or None)
+        typer.echo(f"stopped: {', '.join(done)}" if done else "nothing running (host driver)")
+
+
+def _fail(msg: str, code: int = 2) -> None:
+    typer.echo(f"pdsuite: error: {msg}", err=True)
+    raise typer.Exit(code)
 
 
 def _gpu_count() -> int:

@@ -1,14 +1,15 @@
 """Bring a deployment up and down. Two drivers read the same generated compose services:
 
 - ComposeDriver: `docker compose --profile <deployment>` - what users and CI run.
-- ProcessDriver: the same commands as local processes (emulated deployments only: `pdsuite emulate` and the
-  real router binaries) - for machines without Docker and for fast runner tests with fault injection.
+- HostDriver (`--driver host`; `process` is its former name): the same commands as local processes, engines from
+  the user's environment - for hosts without Docker (Slurm/HPC) and for fast runner tests with fault injection.
 
 Both answer: which services run, where their /metrics are, whether any died, and its last log lines.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import signal
@@ -24,6 +25,7 @@ from suite.deploy.catalog import get as get_deployment
 from suite.deploy.compose import deployment_services
 from suite.deploy.model import Backend, Deployment, Role
 from suite.frameworks.base import get as get_framework
+from suite.runner import hostenv
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 
@@ -66,9 +68,12 @@ def http_ok(url: str, timeout: float = 5) -> bool:
 
 
 class Driver:
+    kind = ""
+
     def __init__(self, dep: Deployment, settings: Settings, log_dir: Path):
         self.dep, self.settings, self.log_dir = dep, settings, log_dir
         self.services = services_of(dep, settings)
+        self.versions: dict[str, str] = {}
 
     @property
     def endpoint(self) -> str:
@@ -79,8 +84,13 @@ class Driver:
     def logs(self, service: str, tail: int = 50) -> str: ...
     def down(self) -> None: ...
 
+    def engine_versions(self) -> dict[str, str]:
+        return engine_versions(self)
+
 
 class ComposeDriver(Driver):
+    kind = "compose"
+
     def _compose(self, *args: str, timeout: float = 120, check: bool = False) -> subprocess.CompletedProcess:
         env = os.environ | {k: str(v) for k, v in self.settings.model_dump().items()}
         cmd = ["docker", "compose", "-f", str(ROOT / "docker-compose.yml"), "--profile", self.dep.name, *args]
@@ -115,55 +125,119 @@ class ComposeDriver(Driver):
         self._compose("down", "--remove-orphans", "--timeout", "20", timeout=180)
 
 
-class ProcessDriver(Driver):
-    """Runs an emulated deployment's compose commands as local processes (same argv, same env)."""
+class HostDriver(Driver):
+    """Runs any deployment's compose services as local processes: the same argv and environment compose would
+    give the containers (rendered from the same catalog and settings), engines and routers taken from the user's
+    environment (PATH, or ENGINE_PREFIX: venvs or `pip install --target` folders). For hosts without Docker
+    (Slurm/HPC nodes) and for fast runner tests. Every service runs in its own process group, so `down` ends the
+    engine's worker processes too; a state file names the groups, so `pdsuite down --driver host` and the next
+    run find what a dead runner left behind."""
+
+    kind = "host"
 
     def __init__(self, dep: Deployment, settings: Settings, log_dir: Path):
-        if dep.backend is not Backend.EMU:
-            raise DeployError(f"{dep.name}: only emulated deployments run without Docker; use Docker for it")
         super().__init__(dep, settings, log_dir)
         self.procs: dict[str, subprocess.Popen] = {}
+        self.env_paths = hostenv.EnginePaths.from_settings(settings)
 
     def _argv(self, svc: dict) -> list[str]:
-        argv = shlex.split(expand(svc["command"], self.settings))
-        if argv[0] == "pdsuite":
+        argv = [*svc.get("entrypoint", []), *shlex.split(expand(svc.get("command", ""), self.settings))]
+        engine = svc["labels"]["pdsuite.role"] not in ("router", "setup")
+        if engine and not svc.get("entrypoint") and self.dep.backend is not Backend.EMU:  # the image's entrypoint
+            argv = [*get_framework(self.dep.framework).image_entrypoint, *argv]
+        if argv[0] == "pdsuite":  # the suite itself: this interpreter, this checkout
             return [sys.executable, "-m", "suite.cli", *argv[1:]]
-        if argv[0] == "python3":
-            return [sys.executable, *argv[1:]]
-        return [str(Path(sys.executable).parent / argv[0]) if (Path(sys.executable).parent / argv[0]).exists()
-                else argv[0], *argv[1:]]
+        if argv[0] == "python3" and not self.env_paths.venv_python() and (not engine or self.dep.emulated):
+            return [sys.executable, *argv[1:]]  # routers installed with the suite (sglang_router)
+        return self.env_paths.resolve(argv)
+
+    def _env(self, name: str, svc: dict) -> dict[str, str]:
+        env = {k: expand(str(v), self.settings) for k, v in svc.get("environment", {}).items()}
+        engine = next((e for e in self.dep.engines if self.dep.service(e.name) == name), None)
+        if self.dep.backend is Backend.GPU and engine is not None and engine.gpu_vars:
+            # what the container would see: its reserved GPUs, narrowed by the ordinals it pins
+            env["CUDA_VISIBLE_DEVICES"] = hostenv.host_gpus(
+                engine.model_copy(update={"cuda_devices": env.get("CUDA_VISIBLE_DEVICES", "")}), self.settings)
+        if self.dep.backend is Backend.GPU and engine is not None:
+            env.setdefault("HF_HOME", str(Path(self.settings.MODEL_CACHE_DIR).expanduser()))
+        return self.env_paths.environ(dict(os.environ)) | env | {"PYTHONUNBUFFERED": "1"}
+
+    def services_argv(self) -> dict[str, tuple[list[str], dict[str, str], str]]:
+        """service -> (argv, env, role): what `up` starts, for preflight checks and `--dry-run` output."""
+        out = {}
+        for name, svc in deployment_services(self.dep).items():
+            out[name] = (self._argv(svc), self._env(name, svc), svc["labels"]["pdsuite.role"])
+        return out
 
     def up(self, timeout_s: float) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        svcs = deployment_services(self.dep)  # the very services compose would run
-        engines = [n for n, s in svcs.items() if s["labels"]["pdsuite.role"] != "router"]
-        routers = [n for n in svcs if n not in engines]
-        for group in (engines, routers):
+        plan = self.services_argv()
+        problem = hostenv.preflight(self.dep, self.settings, plan)
+        if problem:
+            raise DeployError(problem)
+        setup = [n for n, (_, _, role) in plan.items() if role == "setup"]
+        pool = [n for n, (_, _, role) in plan.items() if role == Role.KVPOOL.value]
+        routers = [n for n, (_, _, role) in plan.items() if role == "router"]
+        engines = [n for n in plan if n not in setup + pool + routers]
+        for name in setup:  # one-shot checks (NIXL present, ...): must exit 0 before any engine starts
+            self._start(name, plan[name])
+            self._wait_exit(name, 120)
+        for group in (pool, engines, routers):
             for name in group:
-                env = os.environ | {k: expand(str(v), self.settings) for k, v in svcs[name].get("environment",
-                                                                                                {}).items()}
-                log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - owned by the process
-                self.procs[name] = subprocess.Popen(self._argv(svcs[name]), stdout=log, stderr=subprocess.STDOUT,
-                                                    env=env, start_new_session=True)
+                self._start(name, plan[name])
             self._wait_healthy(group, timeout_s)
+
+    def _start(self, name: str, spec: tuple[list[str], dict[str, str], str]) -> None:
+        argv, env, _ = spec
+        log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - owned by the process
+        try:
+            self.procs[name] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                                stdin=subprocess.DEVNULL, start_new_session=True)
+        except OSError as e:
+            raise DeployError(f"{name}: cannot start {argv[0]}: {e.strerror}") from None
+        finally:
+            log.close()
+        hostenv.write_state(self.settings, self.dep.name, {n: p.pid for n, p in self.procs.items()}, self.log_dir)
+
+    def _wait_exit(self, name: str, timeout_s: float) -> None:
+        try:
+            rc = self.procs[name].wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            raise DeployError(f"{name}: setup check did not finish in {timeout_s:.0f}s") from None
+        if rc != 0:
+            raise DeployError(f"{name} failed (exit {rc}): {self.root_cause(name)}")
 
     def _wait_healthy(self, names: list[str], timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
         by_name = {s.name: s for s in self.services}
+        paths = {s.name: get_framework(self.dep.framework).health_path for s in self.services}
         pending = set(names)
         while pending:
-            for name in list(pending):
+            for name in sorted(pending):
                 if self.procs[name].poll() is not None:
-                    raise DeployError(f"{name} exited with {self.procs[name].returncode}: "
-                                      f"{self.logs(name, 5).strip()[-400:]}")
-                if http_ok(f"http://{self.settings.BIND_ADDRESS}:{by_name[name].port}/health", timeout=2):
+                    raise DeployError(f"{name} exited with {self.procs[name].returncode} before it was healthy: "
+                                      f"{self.root_cause(name)}")
+                svc = by_name[name]
+                path = "/health" if svc.role in ("router", "kvpool") else paths[name]
+                if svc.role == "kvpool" and self.dep.backend is Backend.GPU:
+                    ok = hostenv.tcp_ok(self.settings.BIND_ADDRESS, svc.port)
+                else:
+                    ok = http_ok(f"http://{self.settings.BIND_ADDRESS}:{svc.port}{path}", timeout=2)
+                if ok:
                     pending.discard(name)
             if pending and time.monotonic() > deadline:
-                raise DeployError(f"{sorted(pending)[0]} not healthy after {timeout_s:.0f}s")
-            time.sleep(0.2)
+                name = sorted(pending)[0]
+                raise DeployError(f"{name} not healthy after {timeout_s:.0f}s: {self.root_cause(name)}")
+            time.sleep(0.5 if self.dep.backend is Backend.GPU else 0.2)
+
+    def root_cause(self, service: str) -> str:
+        """The line of the service's log that says why it failed (framework-declared patterns first, e.g.
+        "NIXL is not available"), not only the engine's generic last words."""
+        fw = get_framework(self.dep.framework)
+        return hostenv.root_cause(self.logs(service, 400), fw.failure_patterns)
 
     def dead(self) -> list[str]:
-        return [n for n, p in self.procs.items() if p.poll() is not None]
+        return [n for n, p in self.procs.items() if p.poll() is not None and n in {s.name for s in self.services}]
 
     def logs(self, service: str, tail: int = 50) -> str:
         path = self.log_dir / f"{service}.log"
@@ -174,20 +248,31 @@ class ProcessDriver(Driver):
         os.killpg(self.procs[service].pid, signal.SIGKILL)
 
     def down(self) -> None:
-        for p in self.procs.values():
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        for p in self.procs.values():
-            try:
-                p.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait(5)
+        hostenv.stop_groups({n: p.pid for n, p in self.procs.items()}, procs=self.procs)
         self.procs.clear()
+        hostenv.clear_state(self.settings, self.dep.name)
 
 
-DRIVERS = {"compose": ComposeDriver, "process": ProcessDriver}
+ProcessDriver = HostDriver  # the former name (emulated deployments only); same driver
+
+
+def engine_versions(driver: Driver) -> dict[str, str]:
+    """The version each engine reports about itself (vLLM GET /version), not the version the settings name."""
+    fw = get_framework(driver.dep.framework)
+    out = {}
+    for s in driver.services:
+        if s.role in ("router", "kvpool") or not fw.version_path:
+            continue
+        try:
+            with urllib.request.urlopen(f"http://{driver.settings.BIND_ADDRESS}:{s.port}{fw.version_path}",
+                                        timeout=5) as r:
+                out[s.name] = str(json.loads(r.read()).get(fw.version_key, "?"))
+        except Exception:
+            out[s.name] = "unknown"
+    return out
+
+
+DRIVERS = {"compose": ComposeDriver, "host": HostDriver, "process": HostDriver}
 
 
 def make_driver(kind: str, deployment: str, settings: Settings, log_dir: Path) -> Driver:

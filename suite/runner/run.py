@@ -61,7 +61,9 @@ class RunState:
     failed: list[str] = field(default_factory=list)
     timings: Timings = field(default_factory=Timings)
     fatal: str | None = None  # why the plan stopped early (e.g. the results volume is full)
+    telemetry: object = None  # the deployment's RunTelemetry (suite/telemetry): spans and GPU samples per point
     interrupted: str | None = None  # the signal that ended the run (SIGINT, SIGTERM, SIGHUP)
+    leftovers: list[str] = field(default_factory=list)  # deployments a dead runner left, found and stopped
     current: str | None = None  # the point running now (named in the manifest when a signal ends the run)
 
 
@@ -149,6 +151,12 @@ def run_plan(plan: Plan, settings: Settings, out_root: Path, *, backend: str | N
     total = len(names) * len(points) * plan.repetitions
     with _Signals(state) as signals, _secrets_out_of_environ():
         try:
+            if driver_kind in ("host", "process"):  # what a runner that died left running holds our ports
+                from suite.runner.stale import take_down_host_leftovers
+
+                state.leftovers = take_down_host_leftovers(settings)
+                for line in state.leftovers:
+                    progress and progress(f"leftover {line}", state.done, total)
             for name in names:
                 todo = [(label, spec, rep) for label, spec in points for rep in range(plan.repetitions)
                         if not (out / name / label / f"rep{rep}").is_dir()]
@@ -200,7 +208,8 @@ def _finish_manifest(out: Path, state: RunState, total: int, wall_s: float) -> N
         t = (Timings.merged(prev, state.timings) if prev else state.timings).as_dict()
         write_json(out / "manifest.json", data | {"status": status, "ended_at": now(), "timings": t,
                                                   "failed_points": state.failed, "fatal": state.fatal,
-                                                  "interrupted": state.interrupted})
+                                                  "interrupted": state.interrupted,
+                                                  "leftovers": data.get("leftovers", []) + state.leftovers})
     except (OSError, ValueError):  # a full or broken volume: the previous manifest stays; state.fatal tells why
         (out / "manifest.json.tmp").unlink(missing_ok=True)
 
@@ -214,8 +223,10 @@ def _run_deployment(plan: Plan, settings: Settings, name: str, todo: list, out: 
     from suite.load.cluster import ClusterError, LoadCluster
     from suite.load.resolve import resolve_spec
     from suite.load.spec import LoadSpec
+    from suite.telemetry import RunTelemetry
 
-    driver = make_driver(driver_kind, name, settings, dep_dir / "logs")
+    state.telemetry = RunTelemetry(get_deployment(name), settings, dep_dir)
+    driver = make_driver(driver_kind, name, state.telemetry.engine_settings(), dep_dir / "logs")
     tm = state.timings
     t0 = time.monotonic()
     # One Locust master + workers for the warm-up and every point, kept for the plan's next deployment. When none
@@ -238,8 +249,11 @@ def _run_deployment(plan: Plan, settings: Settings, name: str, todo: list, out: 
             local = isinstance(driver, ComposeDriver | ProcessDriver)  # drivers whose services bind these ports
             busy = busy_ports(settings.BIND_ADDRESS, [s.port for s in driver.services]) if local else []
             if busy:  # someone else's process: say so, instead of failing every point with a wrong cause
-                why = (f"deployment did not start: port {busy[0]} on {settings.BIND_ADDRESS} is already in use by "
-                       f"a process this run did not start (stop it, or set other ports in .env)")
+                from suite.runner.stale import port_owner
+
+                owner = port_owner(settings, busy)
+                why = (f"deployment did not start: port {busy[0]} on {settings.BIND_ADDRESS} is already in use: "
+                       + (owner or "by a process this run did not start (stop it, or set other ports in .env)"))
                 for label, _spec, rep in todo:
                     _write_failed(plan, settings, name, label, rep, out, why, {})
                     state.failed.append(f"{name}/{label}/rep{rep}")
@@ -259,6 +273,7 @@ def _run_deployment(plan: Plan, settings: Settings, name: str, todo: list, out: 
                 return plan.on_failure == "stop"
             finally:
                 tm.up_s += time.monotonic() - t_up
+            driver.versions = driver.engine_versions()  # what actually runs, asked of the engines
             t_ready = time.monotonic()
             if cluster.procs:  # what Locust's start takes beyond the deployment's start is overhead
                 try:
@@ -300,22 +315,27 @@ def _run_deployment(plan: Plan, settings: Settings, name: str, todo: list, out: 
         t2 = time.monotonic()
         _save_logs(driver, dep_dir / "logs")
         driver.down()
+        state.telemetry.close()
         tm.down_s += time.monotonic() - t2
 
 
 def _point_result(plan: Plan, settings: Settings, name: str, label: str, rep: int, spec: dict,
                   driver: Driver | None) -> PointResult:
     from suite.load.spec import LoadSpec
+    from suite.plan import repetition_spec
 
     dep = get_deployment(name)
     try:
-        workload = LoadSpec(**spec).to_workload()
+        workload = LoadSpec(**repetition_spec(spec, rep)).to_workload()  # the seed this repetition ran with
+        workload.plan_seed = int(spec.get("seed", 0))
     except Exception:
         workload = Workload(arrival=str(spec.get("arrival", {}).get("kind", "?")))
     services = {s.name: s.role for s in driver.services} if driver else {}
     return PointResult(deployment=name, framework=dep.framework, topology=dep.topology.value,
                        backend=dep.backend.value, emulated=dep.emulated, point=label, repetition=rep,
-                       workload=workload, started_at=now(), services=services)
+                       workload=workload, started_at=now(), services=services, caveat=dep.caveat,
+                       engine_versions=getattr(driver, "versions", {}) if driver else {},
+                       driver=driver.kind if driver else None)
 
 
 def _abort_load(endpoint: str, model: str, workers: int, why: str) -> None:
@@ -349,14 +369,19 @@ def _run_point(plan: Plan, settings: Settings, driver: Driver, name: str, label:
     tmp.mkdir(parents=True)
     result = _point_result(plan, settings, name, label, rep, spec, driver)
     urls = {s.name: s.metrics_url for s in driver.services if s.metrics_url}
-    failure = None
+    failure, summary, tel = None, None, state.telemetry
     pt = {"scrape_before_s": 0.0, "lead_s": 0.0, "first_arrival_s": 0.0, "load_window_s": 0.0, "tail_s": 0.0,
           "scrape_after_s": 0.0}
     try:
         t = time.monotonic()
         snapshot(urls, tmp / "metrics" / "before")
         pt["scrape_before_s"] = time.monotonic() - t
-        load_spec = resolve_spec(LoadSpec(**spec), name, settings)  # framework's prompt form, tokenizer
+        from suite.plan import repetition_spec
+
+        # framework's prompt form, tokenizer; this repetition's own arrivals and prompts, the same on every deployment
+        load_spec = resolve_spec(LoadSpec(**repetition_spec(spec, rep)), name, settings)
+        if tel:
+            tel.point_start(tmp)
         t, t_wall = time.monotonic(), time.time()
         try:
             summary = run_load(driver.endpoint, settings.MODEL, load_spec, tmp, workers=workers,
@@ -390,6 +415,8 @@ def _run_point(plan: Plan, settings: Settings, driver: Driver, name: str, label:
         tm.point_tail_s += pt["tail_s"]
     if watchdog is not None and watchdog.tripped:  # the true cause comes first
         failure = watchdog.tripped + (f" ({failure})" if failure and watchdog.tripped not in failure else "")
+    if tel:  # GPU samples stop; the point's spans still queued in the engines arrive
+        result.native["telemetry"] = tel.point_end(tmp, tel.spans_per_request() * (getattr(summary, "ok", 0) or 0))
     dead = driver.dead()
     if dead:
         failure = f"{dead[0]} died during the point" + (f" ({failure})" if failure else "")
@@ -430,7 +457,10 @@ def _warmup(plan: Plan, settings: Settings, driver: Driver, spec: dict, dep_dir:
     # handshake, graphs), and long decodes or requests queued behind each other would only add overhead.
     classes = {k: c | {"output": {"min": min(c["output"]["min"], 8), "max": min(c["output"]["max"], 8)}}
                for k, c in LoadSpec(**spec).model_dump(mode="json")["classes"].items()}
+    from suite.plan import warmup_seed
+
     warm = spec | {"arrival": {"kind": "concurrency", "concurrency": min(plan.warmup_requests, 8)},
+                   "seed": warmup_seed(spec),  # prompts no measured request repeats (no prefix-cache head start)
                    "num_requests": plan.warmup_requests, "duration_s": None, "classes": classes}
     wdir = dep_dir / "warmup"
     wdir.mkdir(exist_ok=True)

@@ -91,7 +91,87 @@ def test_dead_worker_fails_the_point_without_hanging_and_the_next_point_runs(tmp
         assert time.monotonic() - t < 30
         assert s.failure and f"worker process 1 of 2 (pid {victim.pid}) exited" in s.failure
         df = pd.read_parquet(tmp_path / "a" / "requests.parquet")  # what the live worker sent is kept
-        assert df["worker"].value_counts().max() >= 5 and len(df) < len(plans(spec))
+        assert df["worker"].value_counts().max() >= 5 and len(df) == len(plans(spec))  # one record per plan
+        lost = df[df["status"] == "not_sent"]
+        assert lost["error"].str.contains("no record came back from its worker").any()  # the dead one's share
+        assert lost["error"].str.contains(f"worker process 1 of 2 (pid {victim.pid}) exited", regex=False).all()
         again = lc.run(spec.model_copy(update={"duration_s": 1.0}), tmp_path / "b", timeout_s=60)
         assert again.failure is None and again.ok == len(plans(spec.model_copy(update={"duration_s": 1.0})))
         assert lc.starts == 2  # restarted after the crash
+
+
+def _one_record_per_plan(df, spec):
+    assert sorted(df["request_id"]) == sorted(f"{spec.seed}-{p.index}" for p in plans(spec))
+    assert df["error"][df["status"] != "ok"].notna().all()  # every non-ok record says why
+
+
+def test_never_accepting_listener_every_planned_request_has_a_record(tmp_path):
+    """A listener that never accepts: its backlog takes a few connections, the rest never connect. The point is
+    stopped at its limit; every planned request is a record (timeout, cancelled, or not_sent with the reason)."""
+    import socket
+    import time
+
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(0)
+    url = f"http://127.0.0.1:{lsock.getsockname()[1]}"
+    spec = load_spec({"classes": CLASSES, "arrival": {"kind": "constant", "rate_rps": 10}, "duration_s": 3,
+                      "request_timeout_s": 2, "drain_timeout_s": 0})
+    t = time.monotonic()
+    try:
+        s = run_load(url, "m", spec, tmp_path, workers=2, timeout_s=12)
+    finally:
+        lsock.close()
+    assert time.monotonic() - t < 60
+    df = pd.read_parquet(tmp_path / "requests.parquet")
+    _one_record_per_plan(df, spec)
+    assert s.failure and "did not finish" in s.failure and s.ok == 0
+    assert set(df["status"]) <= {"timeout", "cancelled", "not_sent"} and s.not_sent == (df["status"] == "not_sent").sum()
+    assert df.loc[df["status"] == "not_sent", "error"].str.contains("not sent").all()
+
+
+def test_stalled_stream_and_stopped_server_every_planned_request_has_a_record(tmp_path):
+    """A server that stalls mid-stream (every request times out), then one stopped (SIGSTOP) during a point that
+    is cut at its limit: records == planned both times."""
+    import os
+    import signal
+    import threading
+
+    from suite.load.cluster import LoadCluster
+
+    stall = load_spec({"classes": CLASSES, "arrival": {"kind": "poisson", "rate_rps": 8}, "duration_s": 2,
+                       "request_timeout_s": 2, "seed": 4})
+    with running(ttft_ms=3, itl_ms=1, stall_after=1) as url:
+        s = run_load(url, "m", stall, tmp_path / "stall", workers=2, timeout_s=60)
+    df = pd.read_parquet(tmp_path / "stall" / "requests.parquet")
+    _one_record_per_plan(df, stall)
+    assert s.failure is None and (df["status"] == "timeout").all() and (df["token_times_s"].map(len) == 1).all()
+    assert df["ttft_s"].notna().all()  # the one token each got is its TTFT
+
+    stop = load_spec({"classes": CLASSES, "arrival": {"kind": "constant", "rate_rps": 10}, "duration_s": 30,
+                      "request_timeout_s": 120})
+    srv = running(ttft_ms=3, itl_ms=1)
+    with srv as url, LoadCluster(url, "m", 2) as lc:
+        lc.start()
+        threading.Timer(2.0, os.kill, (srv.proc.pid, signal.SIGSTOP)).start()
+        try:
+            s = lc.run(stop, tmp_path / "stop", timeout_s=5)
+        finally:
+            os.kill(srv.proc.pid, signal.SIGCONT)
+    df = pd.read_parquet(tmp_path / "stop" / "requests.parquet")
+    _one_record_per_plan(df, stop)
+    assert s.failure and (df["status"] == "ok").sum() >= 5 and (df["status"] == "not_sent").sum() > 200
+    assert s.ok + s.errors + s.timeouts + s.cancelled + s.not_sent == len(df)
+
+
+def test_workers_start_only_once_their_handlers_exist(tmp_path, monkeypatch):
+    """Locust connects a worker to the master before pdsuite's handlers exist; a point started in that gap would
+    be dropped by the worker. The gap is widened to 4 s here: the point must still run whole."""
+    from suite.load.cluster import LoadCluster
+
+    monkeypatch.setenv("PDSUITE_TEST_WORKER_INIT_DELAY_S", "4")
+    spec = load_spec({"classes": CLASSES, "arrival": {"kind": "constant", "rate_rps": 10}, "duration_s": 1})
+    with running(ttft_ms=3, itl_ms=1) as url, LoadCluster(url, "m", 2, log_dir=tmp_path / "logs") as lc:
+        s = lc.run(spec, tmp_path / "a", timeout_s=60)
+    assert s.failure is None and s.ok == len(plans(spec)) == 10
+    assert "Unknown message type" not in (tmp_path / "logs" / "locust-cluster.log").read_text()

@@ -131,6 +131,9 @@ EXPECTED_GPUS = {
     Topology.DISAGG_KVPOOL: {"prefill": ["0", "1"], "decode": ["0", "1"], "pool": None},  # the pool: CPU only
     Topology.TP2: {"engine": ["0", "1"]},
     Topology.COLOCATED: {"engine": ["0"]},
+    # one GPU: P and D (or the baseline) both on PREFILL_GPU
+    Topology.DISAGG_1GPU: {"prefill": ["0"], "decode": ["0"]},
+    Topology.COLOCATED_1GPU: {"engine": ["0"]},
     Topology.DP2: {"replica0": ["0"], "replica1": ["1"]},
     # xPyD: all three GPUs visible to every engine
     Topology.P1D2: {"prefill": ["0", "1", "2"], "decode0": ["0", "1", "2"], "decode1": ["0", "1", "2"]},
@@ -165,7 +168,7 @@ def test_gpu_reservations_per_engine(services, name):
 
 
 @pytest.mark.parametrize("name", [n for n, d in deployments().items()
-                                  if d.backend is Backend.GPU and d.disaggregated])
+                                  if d.backend is Backend.GPU and d.disaggregated and not d.shared_gpu])
 def test_disagg_engines_pick_different_gpus(services, name):
     dep = deployments()[name]
     picks = []

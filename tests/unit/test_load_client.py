@@ -83,3 +83,30 @@ def test_send_stamps_the_send_not_the_preparation(gap_s):
     assert out.record.status is Status.OK
     assert out.record.sent_s >= gap_s
     assert out.record.ttft_s < 0.1
+
+
+@pytest.mark.parametrize("api", ["completions", "chat"])
+@pytest.mark.parametrize("quirks", [{"empty_every": 3}, {"empty_every": 1}, {"empty_every": 2, "finish_chunk": True}])
+def test_ttft_is_the_first_token_even_with_empty_text(api, quirks):
+    """Tokens streamed with empty text (a partial UTF-8 character, as vLLM streams it) are tokens: the first one
+    is the TTFT, and each gets its ITL. Chat's role-only first chunk and a closing finish-reason-only chunk are
+    not tokens. The server's first token is empty here, 30 ms after the request; the next come every 15 ms."""
+    with running(ttft_ms=30, itl_ms=15, **quirks) as url:
+        ep = Endpoint(url)
+        t0 = time.monotonic_ns()
+        p = prepare(ep, api, request_body(api, "m", list(range(8)) if api == "completions" else "a b c", 7),
+                    request_id="r", request_class="c", input_tokens=8, max_tokens=7, scheduled_s=0.0, timeout_s=10)
+        send(p, t0)
+        r = follow(p, t0).record
+    assert r.status is Status.OK, r.error
+    assert len(r.token_times_s) == 7 == r.completion_tokens  # every token, none merged, no marker counted
+    assert r.first_token_s == r.token_times_s[0] and 0.029 <= r.ttft_s < 0.06, r.ttft_s
+    assert all(gap > 0 for gap in r.itl_s) and 0.085 <= sum(r.itl_s) < 0.13, r.itl_s  # 6 gaps of 15 ms, each its own
+
+
+def test_a_stream_that_breaks_after_tokens_keeps_its_ttft():
+    with running(ttft_ms=5, itl_ms=2, break_every=1) as url:
+        r = stream_request(Endpoint(url), "completions", request_body("completions", "m", [1, 2], 8),
+                           request_id="r", request_class="c", input_tokens=2, max_tokens=8, scheduled_s=0.0,
+                           t0_ns=time.monotonic_ns(), timeout_s=10).record
+    assert r.status is Status.ERROR and len(r.token_times_s) == 4 and r.ttft_s is not None
