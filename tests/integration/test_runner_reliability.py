@@ -57,11 +57,11 @@ def write_plan(d: Path, **kw) -> Path:
     return p
 
 
-def cli_run(d: Path, settings, *extra: str) -> subprocess.Popen:
+def cli_run(d: Path, settings, *extra: str, env: dict | None = None) -> subprocess.Popen:
     env_file = d / "free.env"
     env_file.write_text("".join(f"{k}={getattr(settings, k)}\n" for k in type(settings).model_fields
                                 if k.endswith("_PORT") or "_PORT_" in k))
-    env = {k: v for k, v in os.environ.items() if k != "HF_TOKEN"} | {"PYTHONPATH": str(ROOT)}
+    env = {k: v for k, v in os.environ.items() if k != "HF_TOKEN"} | {"PYTHONPATH": str(ROOT)} | (env or {})
     return subprocess.Popen([sys.executable, "-m", "suite.cli", "run", str(d / "plan.yaml"), "--backend", "emu",
                              "--driver", "process", "--workers", "1", "--out", str(d / "results"),
                              "--env-file", str(env_file), *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -146,7 +146,7 @@ def test_a_port_held_by_another_process_is_named_as_the_cause(tmp_path):
         squatter.close()
     point = json.loads((state.out / "emu-vllm-disagg/only/rep0/point.json").read_text())
     assert point["status"] == "failed"
-    assert f"port {settings.ENGINE_B_PORT} on 127.0.0.1 is already in use" in point["failure"]
+    assert f"port {settings.ENGINE_B_PORT} on 127.0.0.1 is already in use" in point["failure"], point["failure"]
 
 
 def test_a_plan_secret_is_masked_on_disk_and_kept_from_emulated_services(tmp_path, monkeypatch):
@@ -175,3 +175,30 @@ def test_a_plan_secret_is_masked_on_disk_and_kept_from_emulated_services(tmp_pat
     manifest = json.loads((state.out / "manifest.json").read_text())
     assert manifest["settings"]["HF_TOKEN"] == "***" and manifest["plan_spec"]["settings"]["HF_TOKEN"] == "***"
     assert os.environ["HF_TOKEN"] == canary, "the caller's environment is restored"
+
+
+def test_a_deployment_left_by_a_killed_runner_is_found_stopped_and_named(tmp_path):
+    """SIGKILL leaves no chance to clean up: the services keep their ports. The next run finds them through the
+    state file (its runner is dead), stops them, names them in the manifest, and its points run normally."""
+    settings = free_settings()
+    write_plan(tmp_path, points=[{"label": "only"}], workload=WORKLOAD | {"duration_s": 3})
+    state_dir = tmp_path / "state"
+    proc = cli_run(tmp_path, settings, env={"HOST_STATE_DIR": str(state_dir)})
+    deadline = time.monotonic() + 120
+    while not list((tmp_path / "results").rglob("only/rep0.partial/loadspec.json")):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the point never started"
+        time.sleep(0.2)
+    proc.kill()
+    proc.communicate(timeout=30)
+    assert listening(settings.ENDPOINT_PORT), "a SIGKILLed runner leaves its deployment running"
+    assert list(state_dir.glob("*.json")), "the state file names it"
+
+    again = cli_run(tmp_path, settings, env={"HOST_STATE_DIR": str(state_dir)})
+    _, err = again.communicate(timeout=240)
+    assert again.returncode == 0, err
+    run = max((tmp_path / "results" / "sig").iterdir())
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["status"] == "complete"
+    assert any(line.startswith("emu-vllm-disagg: left running by pdsuite run pid") for line in manifest["leftovers"])
+    assert not [p for p in ports_of(settings) if listening(p)] and not list(state_dir.glob("*.json"))
