@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -189,6 +190,7 @@ def test_a_deployment_left_by_a_killed_runner_is_found_stopped_and_named(tmp_pat
         assert proc.poll() is None, proc.communicate()
         assert time.monotonic() < deadline, "the point never started"
         time.sleep(0.2)
+    children = _children(proc.pid)  # its Locust processes: this test ends them itself below
     proc.kill()
     proc.communicate(timeout=30)
     assert listening(settings.ENDPOINT_PORT), "a SIGKILLed runner leaves its deployment running"
@@ -202,3 +204,19 @@ def test_a_deployment_left_by_a_killed_runner_is_found_stopped_and_named(tmp_pat
     assert manifest["status"] == "complete"
     assert any(line.startswith("emu-vllm-disagg: left running by pdsuite run pid") for line in manifest["leftovers"])
     assert not [p for p in ports_of(settings) if listening(p)] and not list(state_dir.glob("*.json"))
+    for pid in children:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _children(ppid: int) -> list[int]:
+    """Direct children of `ppid` that are not in a session of their own (the deployment's services are)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == ppid and int(fields[3]) != int(stat.parent.name):  # ppid matches, not a session leader
+            out.append(int(stat.parent.name))
+    return out
