@@ -210,3 +210,32 @@ def test_watchdog_stays_quiet_while_answers_come(tmp_path):
     with Watchdog("http://127.0.0.1:9/health", tmp_path, 30, tripped.append, interval_s=0.05):
         time.sleep(0.3)
     assert not tripped, "a failure shorter than the limit is no failure"
+
+
+def test_an_unwritable_results_folder_mid_run_stops_with_one_line_and_resume_works(tmp_path, monkeypatch):
+    import errno
+
+    import suite.runner.run as run_mod
+
+    real = run_mod.write_json
+    calls = {"n": 0}
+
+    def flaky(path, data):
+        if path.name == "point.json":
+            calls["n"] += 1
+            if calls["n"] == 2:
+                raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        real(path, data)
+
+    monkeypatch.setattr(run_mod, "write_json", flaky)
+    state = run_plan(plan(deployments=["vllm-colocated"]), Settings(), tmp_path, backend="emu", driver_kind="fake")
+    assert state.fatal and state.fatal.startswith("cannot write results at ") and "Permission denied" in state.fatal
+    assert "--resume" in state.fatal and "\n" not in state.fatal
+    manifest = json.loads((state.out / "manifest.json").read_text())
+    assert manifest["fatal"] == state.fatal and manifest["status"] == "partial"
+    assert not list(state.out.rglob("*.partial")) and FakeDriver.instances[-1].events[-1] == "down"
+
+    monkeypatch.setattr(run_mod, "write_json", real)
+    state = run_plan(plan(deployments=["vllm-colocated"]), Settings(), tmp_path, backend="emu", driver_kind="fake",
+                     resume=state.out)
+    assert state.fatal is None and len(points(state.out)) == 4
