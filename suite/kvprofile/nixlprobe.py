@@ -90,7 +90,8 @@ def _run(model, opts, device: str) -> dict:
     total_s = float(opts.timeout_s)
     spec = {
         "max_bytes": max(opts.tokens) * model.kv_bytes_per_token(opts.kv_dtype),
-        "dev_p": "cuda:0" if cuda else "cpu", "dev_d": "cuda:1" if cuda else "cpu",
+        # P and D on two GPUs; `nixl_devices` = ("cuda:0", "cuda:0") puts both on one (the one-GPU diagnosis)
+        "dev_p": opts.nixl_devices[0] if cuda else "cpu", "dev_d": opts.nixl_devices[1] if cuda else "cpu",
         "points": _plan(model, opts), "warmup": opts.warmup, "iters": opts.iters, "point_s": point_s,
         "xfer_s": max(60.0, 3 * point_s),  # one transfer still in progress after this: give up
         "setup_s": min(SETUP_S, total_s), "total_s": total_s, "op": DIRECTION,

@@ -27,7 +27,9 @@ def register(app: typer.Typer) -> None:
             out: Path = typer.Option(Path("results"), help="Results root"),
             resume: str = typer.Option("", help="Results folder to continue, or 'latest'"),
             env_file: str = typer.Option(".env", help="Settings file"),
-            validate_only: bool = typer.Option(False, "--validate", help="Only validate the plan")) -> None:
+            validate_only: bool = typer.Option(False, "--validate", help="Only validate the plan"),
+            only: list[str] = typer.Option([], "--deployment", help="Run only these of the plan's deployments "
+                                           "(repeatable; names as in the plan or with the backend prefix)")) -> None:
         """Run an experiment plan: every deployment up -> warm-up -> load points -> down."""
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -47,10 +49,14 @@ def register(app: typer.Typer) -> None:
         settings = load_settings(env_file)
         try:
             p = load_plan(plan, settings, backend or None)
+            if only:
+                p = _only(p, only, backend or None)
             names = p.resolved_deployments(backend or None)
             gpu = [n for n in names if not n.startswith(("emu-", "cpu-"))]
             if gpu:
                 p = load_plan(plan, settings, backend or None, gpus_present=_gpu_count())
+                if only:  # the reload must keep the --deployment choice
+                    p = _only(p, only, backend or None)
         except PlanError as e:
             fail(str(e))
         if driver != "compose" and any(n.startswith("cpu-") for n in names):
@@ -125,6 +131,17 @@ def _resume_problem(run_dir: Path, plan_name: str) -> str | None:
     if data.get("plan") != plan_name:
         return f"that run is of plan {data.get('plan')!r}, not {plan_name!r}"
     return None
+
+
+def _only(p, only: list[str], backend: str | None):
+    """The plan restricted to the named deployments (a plan's deployment name or its resolved name)."""
+    from suite.plan import PlanError
+
+    keep = [d for d, r in zip(p.deployments, p.resolved_deployments(backend), strict=True) if {d, r} & set(only)]
+    unknown = sorted(set(only) - set(p.deployments) - set(p.resolved_deployments(backend)))
+    if unknown:
+        raise PlanError(f"--deployment {unknown[0]!r} is not in plan {p.name} ({', '.join(p.deployments)})")
+    return p.model_copy(update={"deployments": keep})
 
 
 def register_up_down(app: typer.Typer) -> None:

@@ -1,0 +1,105 @@
+"""Why does NIXL/UCX move KV over TCP between two processes on ONE GPU? Three checks, each in fresh processes:
+
+1. CUDA IPC itself: a tensor shared from one process to another on the same GPU (torch.multiprocessing uses
+   cudaIpcGetMemHandle / cudaIpcOpenMemHandle, what UCX's cuda_ipc transport needs).
+2. UCX's view: `ucx_info -d` (where the binary exists) lists the transports UCX built and found usable.
+3. NIXL between two spawned processes on the same GPU (the suite's own NIXL probe, P and D both on cuda:0), once per
+   UCX_TLS setting, with UCX_PROTO_INFO=y: which transport carried the reads and at what bandwidth.
+
+    python bench/ucx_one_gpu.py --out results/ucx-one-gpu.json
+
+Prints one JSON document; the docs quote it (docs/kv-transfer.md, "One GPU").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+IPC_CHILD = """
+import torch, torch.multiprocessing as mp
+def child(q, r):
+    t = q.get()
+    r.put(float(t.sum().item()))
+if __name__ == "__main__":
+    ctx = mp.get_context("spawn")
+    q, r = ctx.Queue(), ctx.Queue()
+    p = ctx.Process(target=child, args=(q, r))
+    p.start()
+    x = torch.ones(1 << 20, device="cuda:0")
+    q.put(x)
+    print("sum", r.get(timeout=60))
+    p.join(30)
+"""
+
+NIXL_CHILD = """
+import json, sys
+sys.path.insert(0, {root!r})
+import torch
+from suite.kvprofile.nixlprobe import nixl_probe
+from suite.kvprofile.probe import ProbeOptions
+from suite.modelcfg import load as load_model
+opts = ProbeOptions(tokens=(512, 2048, 8192), iters=5, warmup=2, nixl_point_s=8.0, timeout_s=120.0,
+                    nixl_devices=("cuda:0", "cuda:0"))
+r = nixl_probe(torch, load_model("llama-3.1-8b"), opts, "cuda")
+print("NIXL_JSON " + json.dumps(r))
+"""
+
+
+def run(cmd: list[str], env: dict | None = None, timeout: float = 180) -> dict:
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        return {"rc": None, "error": f"timed out after {timeout:.0f}s"}
+    return {"rc": p.returncode, "stdout_tail": p.stdout.splitlines()[-15:], "stderr_tail": p.stderr.splitlines()[-15:],
+            "stdout": p.stdout}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path)
+    ap.add_argument("--tls", nargs="*",
+                    default=["(unset)", "all", "cuda_ipc,cuda_copy,sm,self,tcp", "cuda_ipc,cuda_copy,self"])
+    a = ap.parse_args()
+    out: dict = {}
+    ipc = run([sys.executable, "-c", IPC_CHILD])
+    out["cuda_ipc_torch"] = {"ok": ipc.get("rc") == 0 and "sum 1048576.0" in ipc.get("stdout", ""),
+                             **{k: v for k, v in ipc.items() if k != "stdout"}}
+    ucx_info = shutil.which("ucx_info")
+    if ucx_info:
+        d = run([ucx_info, "-d"])
+        out["ucx_info_d"] = [ln for ln in d.get("stdout", "").splitlines() if "Transport:" in ln or "Device:" in ln]
+    else:
+        out["ucx_info_d"] = "ucx_info not on PATH (the nixl wheel bundles UCX libraries only)"
+    out["nixl"] = {}
+    for tls in a.tls:
+        env = dict(os.environ, UCX_PROTO_INFO="y", UCX_LOG_LEVEL="info")
+        if tls != "(unset)":
+            env["UCX_TLS"] = tls
+        r = run([sys.executable, "-c", NIXL_CHILD.format(root=str(ROOT))], env=env, timeout=240)
+        line = next((ln for ln in r.get("stdout", "").splitlines() if ln.startswith("NIXL_JSON ")), None)
+        probe = json.loads(line[len("NIXL_JSON "):]) if line else None
+        rows = [{k: x.get(k) for k in ("pattern", "tokens", "bytes", "gbps", "median_ms", "note") if k in x}
+                for x in (probe or {}).get("results", [])]
+        out["nixl"][tls] = {"rc": r.get("rc"), "transports": (probe or {}).get("ucx_transports"),
+                            "warning": (probe or {}).get("warning"), "note": (probe or {}).get("note"),
+                            "results": rows, "stderr_tail": r.get("stderr_tail", [])[-6:],
+                            "cuda_ipc_log": [ln for ln in r.get("stderr_tail", []) + r.get("stdout_tail", [])
+                                             if "cuda_ipc" in ln][-6:]}
+    text = json.dumps(out, indent=1)
+    if a.out:
+        a.out.parent.mkdir(parents=True, exist_ok=True)
+        a.out.write_text(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
