@@ -78,7 +78,7 @@ def main() -> None:
     try:
         code = app(standalone_mode=False)
     except ConfigError as e:
-        typer.echo(f"pdsuite: error: {e}", err=True)
+        typer.echo(f"pdsuite: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", err=True)
         sys.exit(2)
     except typer.Abort:  # Ctrl-C outside a run
         sys.exit(130)

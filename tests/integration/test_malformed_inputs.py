@@ -299,6 +299,11 @@ def cases() -> dict:
         ],
         "report-unwritable-out": lambda d: ["report", tree_ok(d), "--name", "r", "--out", str(a_file(d) / "sub")],
         "report-missing-input": lambda d: ["report", str(d / "nothing"), "--name", "r", "--out", str(d / "rep")],
+        # --- load specs (`pdsuite load`) ----------------------------------------------------------------------
+        "loadspec-binary": lambda d: ["load", "--spec", metrics_file(d, "bin-spec.yaml", b"\xff\xfe\x00\x01"),
+                                      "--model", "m"],
+        "loadspec-bad-yaml": lambda d: ["load", "--spec", metrics_file(d, "bad-spec.yaml", "[[[\n"), "--model", "m"],
+        "loadspec-missing": lambda d: ["load", "--spec", str(d / "no-spec.yaml"), "--model", "m"],
         # --- CLI values ------------------------------------------------------------------------------------------
         "run-out-is-a-file": lambda d: ["run", "demo", "--validate", "--backend", "emu", "--out", str(a_file(d))],
         "run-bad-backend": lambda d: ["run", "demo", "--backend", "tpu"],
