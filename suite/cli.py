@@ -73,11 +73,23 @@ _register_stage_commands()
 def main() -> None:
     from suite.config import ConfigError
 
-    try:
+    if len(sys.argv) < 2:  # no command: the help text
         app()
+    try:
+        code = app(standalone_mode=False)
     except ConfigError as e:
-        typer.echo(f"pdsuite: error: {e}", err=True)
+        typer.echo(f"pdsuite: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", err=True)
         sys.exit(2)
+    except typer.Abort:  # Ctrl-C outside a run
+        sys.exit(130)
+    except typer.TyperException as e:  # a bad option value or a missing argument: one line, like any input error
+        if not hasattr(e, "format_message"):
+            raise
+        ctx = getattr(e, "ctx", None)
+        where = f"{ctx.info_name}: " if ctx is not None and ctx.info_name else ""
+        typer.echo(f"pdsuite: error: {where}{e.format_message()}".replace("\n", " "), err=True)
+        sys.exit(getattr(e, "exit_code", 2))
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

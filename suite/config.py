@@ -17,6 +17,19 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 
 # Settings that hold secrets: read from the environment, never written to compose, logs or results.
 SECRET_SETTINGS = frozenset({"HF_TOKEN"})
+# Opt-in for a secret in `.env` or a plan's `settings:` (docs/reliability.md): refused unless this is "1".
+ALLOW_SECRET_IN_FILE = "PDSUITE_ALLOW_TOKEN_IN_FILE"
+MAX_ENV_FILE_BYTES = 1_000_000
+DEFAULT_ENV_FILE = ".env"
+
+
+def secrets_allowed_in_files(environ: dict[str, str] | None = None) -> bool:
+    return (os.environ if environ is None else environ).get(ALLOW_SECRET_IN_FILE) == "1"
+
+
+def mask_secrets(values: dict) -> dict:
+    """A copy of a settings-like mapping with every secret's value replaced (for anything written to disk)."""
+    return {k: ("***" if k in SECRET_SETTINGS and v else v) for k, v in values.items()}
 
 
 class ConfigError(ValueError):
@@ -40,6 +53,10 @@ class Settings(BaseModel):
     MODEL_CACHE_DIR: str = Field(
         "~/.cache/huggingface", description="Host folder mounted as the shared Hugging Face cache."
     )
+    MODEL_CACHE_MODE: str = Field(
+        "rw", pattern=r"^(rw|ro)$",
+        description="How engines mount the cache's hub/ folder (models only: never the token file next to it): "
+                    "rw lets an engine download a missing model; ro once the model is in the cache.")
     GPU_MEMORY_FRACTION: float = Field(
         0.85, gt=0.1, le=0.98, description="Fraction of each GPU's memory the engine may take."
     )
@@ -155,15 +172,45 @@ class Settings(BaseModel):
 
     def public(self) -> dict[str, object]:
         """Values safe to record with results (secrets masked)."""
-        return {k: ("***" if k in SECRET_SETTINGS and v else v) for k, v in self.model_dump().items()}
+        return mask_secrets(self.model_dump())
 
 
-def load_settings(env_file: str | Path | None = ".env", environ: dict[str, str] | None = None) -> Settings:
+def read_env_file(env_file: str | Path, environ: dict[str, str]) -> dict[str, str]:
+    """The settings of a .env file. The default `.env` may be absent (defaults apply); any other file named must
+    exist: a typo would otherwise run silently on defaults (port 8000, the wrong GPUs)."""
+    path = Path(env_file)
+    if not path.exists():
+        if str(env_file) == DEFAULT_ENV_FILE:
+            return {}
+        raise ConfigError(f"settings file {env_file}: no such file")
+    if not path.is_file():
+        raise ConfigError(f"settings file {env_file}: not a file")
+    try:
+        if path.stat().st_size > MAX_ENV_FILE_BYTES:
+            raise ConfigError(f"settings file {env_file}: larger than {MAX_ENV_FILE_BYTES} bytes")
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"settings file {env_file}: not a text file (not UTF-8)") from None
+    except OSError as e:
+        raise ConfigError(f"settings file {env_file}: cannot read ({e.strerror})") from None
+    if "\x00" in text:
+        raise ConfigError(f"settings file {env_file}: not a text file (NUL bytes)")
+    import io
+
+    values = {k: v for k, v in dotenv_values(stream=io.StringIO(text)).items() if v is not None}
+    secret = sorted(k for k in SECRET_SETTINGS if values.get(k))
+    if secret and not secrets_allowed_in_files(environ):
+        raise ConfigError(f"settings file {env_file}: {secret[0]} is set there; tokens are read from the environment "
+                          f"only (export {secret[0]}=...), or set {ALLOW_SECRET_IN_FILE}=1 to allow it")
+    return values
+
+
+def load_settings(env_file: str | Path | None = DEFAULT_ENV_FILE, environ: dict[str, str] | None = None) -> Settings:
     """Environment > .env > defaults. Raises ConfigError with a one-line message on a bad value."""
     environ = dict(os.environ if environ is None else environ)
     values: dict[str, str] = {}
-    if env_file and Path(env_file).is_file():
-        values.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
+    if env_file:
+        values.update(read_env_file(env_file, environ))
     known = Settings.model_fields
     values.update({k: v for k, v in environ.items() if k in known})
     unknown = [k for k in values if k not in known]
@@ -174,7 +221,8 @@ def load_settings(env_file: str | Path | None = ".env", environ: dict[str, str] 
     except ValidationError as e:
         err = e.errors()[0]
         where = ".".join(str(x) for x in err["loc"]) or "settings"
-        raise ConfigError(f"bad setting {where}: {err['msg']}") from None
+        shown = "***" if where in SECRET_SETTINGS else repr(err.get("input"))[:60]
+        raise ConfigError(f"bad setting {where}: {err['msg']} (got {shown})") from None
 
 
 def env_example() -> str:

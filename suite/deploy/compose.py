@@ -91,8 +91,10 @@ def engine_service(fw: Framework, dep: Deployment, eng: Engine) -> dict:
                 "volumes": ["cpu-kv:/kv"], "healthcheck": healthcheck(eng.port_var, fw.health_path, "240s")}
     else:
         gpu_ids = [f"${{{g}}}" for g in eng.gpu_vars]
+        # only hub/ (the models): the token file `huggingface-cli login` leaves next to it stays out
+        models = f"${{MODEL_CACHE_DIR}}/hub:{HF_CACHE}/hub:${{MODEL_CACHE_MODE}}"
         svc |= {"image": f"${{{fw.image_setting}}}", "ipc": "host", "pid": "host",
-                "ulimits": {"memlock": -1}, "volumes": [f"${{MODEL_CACHE_DIR}}:{HF_CACHE}"],
+                "ulimits": {"memlock": -1}, "volumes": [models],
                 "deploy": {"resources": {"reservations": {"devices": [
                     {"driver": "nvidia", "device_ids": gpu_ids, "capabilities": ["gpu"]}]}}},
                 "healthcheck": healthcheck(eng.port_var, fw.health_path, "${ENGINE_START_PERIOD_S}s")}

@@ -69,6 +69,9 @@ def register(app: typer.Typer) -> None:
             logging.getLogger("pdsuite.emulator").warning(
                 "pdsuite EMULATED shared KV pool (not a real LMCache server / Mooncake master): flavor=%s "
                 "capacity=%.3g GB listening on %s:%d", flavor, kv_pool_capacity_gb, host, port)
+            problem = _bind_problem(host, port)
+            if problem:
+                fail(problem)
             web.run_app(PoolServer(kv_pool_capacity_gb, fw.name, hardware).app(), host=host, port=port,
                         access_log=None, print=None, handle_signals=True)
             return
@@ -78,6 +81,9 @@ def register(app: typer.Typer) -> None:
             fail(str(e))
         if cost.kv_capacity_tokens() < 1:
             fail(f"model config {model_config!r} at tp={tp} does not fit hardware {hardware!r} (no room for KV)")
+        problem = _bind_problem(host, port)  # after the inputs: their errors name the input, not the port
+        if problem:
+            fail(problem)
         # sglang-router probes workers with HTTP/2 (gRPC) first; aiohttp logs each probe as an error.
         logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)
         srv = EmulatorServer(fw, Role(role), cost, host=host, port=port, model=model, hardware=hardware, tp=tp,
@@ -93,3 +99,21 @@ def register(app: typer.Typer) -> None:
         except ImportError:
             pass
         web.run_app(srv.app(), host=host, port=port, access_log=None, print=None, handle_signals=True)
+
+
+def _bind_problem(host: str, port: int) -> str | None:
+    """Why the server could not listen on host:port (checked before the engine starts), or None."""
+    import ipaddress
+    import socket
+
+    try:
+        family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+    except ValueError:
+        return f"--host {host!r}: not an IP address"
+    with socket.socket(family) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # what the server itself sets
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            return f"cannot listen on {host}:{port}: {e.strerror}"
+    return None

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 
@@ -51,10 +52,30 @@ def load_hardware(ref: str) -> Hardware:
     p = Path(ref)
     if not p.is_file():
         raise HardwareError(f"unknown hardware profile {ref!r}; known: {', '.join(PROFILES)} (or a JSON file)")
+    names = ", ".join(asdict(PROFILES["h100"]))
     try:
-        data = json.loads(p.read_text())
-        return Hardware(**{f.name: data.get("name", p.stem) if f.name == "name"
-                           else data.get(f.name, f.default) if f.default is not MISSING else data[f.name]
-                           for f in fields(Hardware)})
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise HardwareError(f"{p}: bad hardware profile ({e}); fields: {', '.join(asdict(PROFILES['h100']))}") from None
+        if p.stat().st_size > 1_000_000:
+            raise HardwareError(f"{p}: larger than 1 MB; not a hardware profile")
+        data = json.loads(p.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise HardwareError(f"{p}: not a JSON hardware profile ({type(e).__name__}); fields: {names}") from None
+    if not isinstance(data, dict):
+        raise HardwareError(f"{p}: a hardware profile is a JSON object with the fields {names}")
+    values = {}
+    for f in fields(Hardware):
+        if f.name == "name":
+            values["name"] = str(data.get("name", p.stem))
+            continue
+        if f.name not in data and f.default is MISSING:
+            raise HardwareError(f"{p}: field {f.name!r} missing; fields: {names}")
+        v = data.get(f.name, f.default)
+        # every number is a rate, a size, a fraction or a duration: finite and > 0 (durations may be 0)
+        zero_ok = f.name.endswith("_s")
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v < 0 or \
+                (v == 0 and not zero_ok):
+            raise HardwareError(f"{p}: field {f.name!r} = {v!r} must be a finite number "
+                                f"{'>= 0' if zero_ok else '> 0'}")
+        values[f.name] = float(v)
+    if values["mem_fraction"] > 1 or values["tp_efficiency"] > 1:
+        raise HardwareError(f"{p}: mem_fraction and tp_efficiency are fractions (<= 1)")
+    return Hardware(**values)

@@ -170,8 +170,8 @@ def load_spec(data: dict | str | Path) -> LoadSpec:
     if isinstance(data, (str, Path)):
         try:
             data = yaml.safe_load(Path(data).read_text()) or {}
-        except (OSError, yaml.YAMLError) as e:
-            raise ConfigError(f"cannot read load spec {data}: {e}") from e
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+            raise ConfigError(f"cannot read load spec {data}: {str(e).splitlines()[0]}") from e
     try:
         return LoadSpec.model_validate(data)
     except ValidationError as e:

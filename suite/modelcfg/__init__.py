@@ -67,38 +67,64 @@ class ModelSize:
         return DTYPE_BYTES[kv_dtype] or self.weight_dtype_bytes
 
 
+MAX_CONFIG_BYTES = 4 * 1024 * 1024  # real config.json files are a few KB
+MAX_DIM = 1 << 24  # no model dimension (layers, hidden, heads, vocab, experts) is larger
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)  # JSON true is not a layer count
+
+
 def _req(cfg: dict, key: str, where: str) -> int:
     v = cfg.get(key)
-    if not isinstance(v, int) or v <= 0:
+    if not _is_int(v) or not 0 < v <= MAX_DIM:
         raise ModelConfigError(f"{where}: config.json needs a positive integer {key!r} (got {v!r})")
     return v
 
 
+def _opt(cfg: dict, key: str, where: str, default: int | None = None, zero_ok: bool = False) -> int | None:
+    """An optional integer field: absent (or null) gives `default`; present, it must be a positive integer."""
+    v = cfg.get(key)
+    if v is None:
+        return default
+    if not _is_int(v) or not (0 if zero_ok else 1) <= v <= MAX_DIM:
+        raise ModelConfigError(f"{where}: config.json {key!r} must be a {'non-negative' if zero_ok else 'positive'} "
+                               f"integer (got {v!r})")
+    return v
+
+
 def size_model(cfg: dict, name: str = "model") -> ModelSize:
-    cfg = cfg.get("text_config", cfg)  # multimodal wrappers keep the LM config here
+    if "text_config" in cfg:  # multimodal wrappers keep the LM config here
+        cfg = cfg["text_config"]
+        if not isinstance(cfg, dict):
+            raise ModelConfigError(f"{name}: config.json 'text_config' must be a JSON object")
     hidden = _req(cfg, "hidden_size", name)
     layers = _req(cfg, "num_hidden_layers", name)
     heads = _req(cfg, "num_attention_heads", name)
-    kv_heads = cfg.get("num_key_value_heads") or heads
-    if not isinstance(kv_heads, int) or kv_heads <= 0:
-        raise ModelConfigError(f"{name}: num_key_value_heads must be a positive integer (got {kv_heads!r})")
+    kv_heads = _opt(cfg, "num_key_value_heads", name, heads)
     if heads % kv_heads:
         raise ModelConfigError(f"{name}: num_attention_heads {heads} is not a multiple of "
                                f"num_key_value_heads {kv_heads}")
-    head_dim = cfg.get("head_dim") or hidden // heads
-    if not isinstance(head_dim, int) or head_dim <= 0:
-        raise ModelConfigError(f"{name}: head_dim must be a positive integer (got {head_dim!r})")
+    head_dim = _opt(cfg, "head_dim", name, hidden // heads)
+    if head_dim <= 0:
+        raise ModelConfigError(f"{name}: head_dim must be a positive integer (hidden_size {hidden} / "
+                               f"num_attention_heads {heads} = 0)")
     vocab = _req(cfg, "vocab_size", name)
     inter = _req(cfg, "intermediate_size", name)
-    dtype = str(cfg.get("torch_dtype") or cfg.get("dtype") or "bfloat16")
-    wbytes = DTYPE_BYTES.get(dtype) or 2
+    dtype = cfg.get("torch_dtype") or cfg.get("dtype") or "bfloat16"
+    if not isinstance(dtype, str) or (DTYPE_BYTES.get(dtype.removeprefix("torch.")) is None and dtype != "auto"):
+        known = ", ".join(k for k, v in DTYPE_BYTES.items() if v)
+        raise ModelConfigError(f"{name}: config.json dtype {dtype!r} is not one of {known}")
+    wbytes = DTYPE_BYTES.get(dtype.removeprefix("torch.")) or 2
 
     mla = None
     if cfg.get("kv_lora_rank"):
         rope = _req(cfg, "qk_rope_head_dim", name)
-        mla = int(cfg["kv_lora_rank"]) + rope
-        nope, v_dim = cfg.get("qk_nope_head_dim", head_dim), cfg.get("v_head_dim", head_dim)
-        q_rank = cfg.get("q_lora_rank")
+        lora = _req(cfg, "kv_lora_rank", name)
+        mla = lora + rope
+        nope = _opt(cfg, "qk_nope_head_dim", name, head_dim, zero_ok=True)
+        v_dim = _opt(cfg, "v_head_dim", name, head_dim)
+        q_rank = _opt(cfg, "q_lora_rank", name)
         q = (hidden * q_rank + q_rank * heads * (nope + rope)) if q_rank else hidden * heads * (nope + rope)
         kv = hidden * (cfg["kv_lora_rank"] + rope) + cfg["kv_lora_rank"] * heads * (nope + v_dim)
         attn = q + kv + heads * v_dim * hidden
@@ -107,12 +133,16 @@ def size_model(cfg: dict, name: str = "model") -> ModelSize:
         attn = hidden * head_dim * (heads + 2 * kv_heads) + heads * head_dim * hidden
 
     dense_mlp = 3 * hidden * inter
-    experts = cfg.get("n_routed_experts") or cfg.get("num_local_experts") or 0
+    experts = _opt(cfg, "n_routed_experts", name, zero_ok=True) or _opt(cfg, "num_local_experts", name,
+                                                                           zero_ok=True) or 0
     if experts:
-        moe_inter = cfg.get("moe_intermediate_size") or inter
+        moe_inter = _opt(cfg, "moe_intermediate_size", name, inter)
         top_k = _req(cfg, "num_experts_per_tok", name)
-        shared = cfg.get("n_shared_experts") or 0
-        dense_layers = cfg.get("first_k_dense_replace", 0)
+        shared = _opt(cfg, "n_shared_experts", name, 0, zero_ok=True)
+        dense_layers = _opt(cfg, "first_k_dense_replace", name, 0, zero_ok=True)
+        if dense_layers > layers or top_k > experts:
+            raise ModelConfigError(f"{name}: first_k_dense_replace {dense_layers} > layers {layers} or "
+                                   f"num_experts_per_tok {top_k} > experts {experts}")
         moe_layers = layers - dense_layers
         expert_mlp = 3 * hidden * moe_inter
         mlp_total = dense_layers * dense_mlp + moe_layers * (experts + shared) * expert_mlp
@@ -143,9 +173,17 @@ def load(ref: str | Path) -> ModelSize:
         raise ModelConfigError(f"no model config {str(ref)!r}: give a config.json, a model folder, "
                                f"or one of {', '.join(bundled())}")
     try:
-        cfg = json.loads(p.read_text())
+        if p.stat().st_size > MAX_CONFIG_BYTES:
+            raise ModelConfigError(f"{p}: larger than {MAX_CONFIG_BYTES >> 20} MiB; not a config.json")
+        cfg = json.loads(p.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ModelConfigError(f"{p}: not a text file (not UTF-8)") from None
+    except OSError as e:
+        raise ModelConfigError(f"{p}: cannot read ({e.strerror})") from None
     except json.JSONDecodeError as e:
         raise ModelConfigError(f"{p}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    except RecursionError:
+        raise ModelConfigError(f"{p}: JSON nested too deeply") from None
     if not isinstance(cfg, dict):
         raise ModelConfigError(f"{p}: config.json must hold a JSON object")
     return size_model(cfg, name=p.stem if p.parent == CONFIG_DIR else str(ref))

@@ -35,17 +35,25 @@ def _unit(name: str) -> str:
 
 
 def read_source(source: str, timeout: float = 5.0) -> str:
-    if source.startswith(("http://", "https://")):
-        from suite.scrape import fetch_text
+    """The text of a /metrics page from a file or a URL, at most scrape.MAX_BYTES (real pages are < 1 MB)."""
+    from suite.scrape import MAX_BYTES, ScrapeError, fetch_text
 
+    if source.startswith(("http://", "https://")):
         try:
             return fetch_text(source, timeout)
-        except OSError as e:
+        except ScrapeError as e:
             _fail(f"cannot fetch {source}: {e}")
     path = Path(source)
     if not path.is_file():
-        _fail(f"no such file: {source}")
-    return path.read_text(errors="replace")
+        _fail(f"no such file: {source}" if not path.exists() else f"{source}: not a file")
+    try:
+        with path.open("rb") as f:
+            body = f.read(MAX_BYTES + 1)
+    except OSError as e:
+        _fail(f"cannot read {source}: {e.strerror}")
+    if len(body) > MAX_BYTES:
+        _fail(f"{source}: larger than {MAX_BYTES >> 20} MiB; not a /metrics page")
+    return body.decode("utf-8", errors="replace")
 
 
 def register(app: typer.Typer) -> None:
@@ -57,8 +65,16 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
     ) -> None:
         """Print the normalised view of one /metrics page: totals, and count/sum/mean for histograms."""
+        from suite.deploy.model import Role
+        from suite.frameworks.base import all_frameworks
         from suite.normalise import MetricsError, normalise_text
 
+        roles = [r.value for r in Role]
+        if role and role not in roles:
+            _fail(f"--role {role!r}: one of {', '.join(roles)}")
+        names = [f.name for f in all_frameworks()]
+        if framework and framework not in names:
+            _fail(f"--framework {framework!r}: one of {', '.join(names)}")
         text = read_source(source)
         try:
             snap = normalise_text(text, framework or None, role or None)

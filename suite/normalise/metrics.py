@@ -7,6 +7,7 @@ table's `scale` (SGLang ms/MB/GB/s -> s/bytes/bytes/s), histogram bucket bounds 
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field, replace
 
@@ -96,13 +97,60 @@ def parse_families(text: str) -> dict:
     """Family name -> prometheus_client Metric. Corrupt text raises MetricsError (one line)."""
     from prometheus_client.parser import text_string_to_metric_families
 
+    if "\x00" in text:
+        raise MetricsError("not Prometheus exposition text: NUL bytes (a binary file?)")
     try:
         fams = {f.name: f for f in text_string_to_metric_families(text)}
-    except (ValueError, TypeError, IndexError) as e:
-        raise MetricsError(f"not Prometheus exposition text: {e}") from None
+    except (ValueError, TypeError, IndexError, KeyError) as e:
+        raise MetricsError(f"not Prometheus exposition text: {str(e).splitlines()[0] if str(e) else e!r}") from None
     if not fams and text.strip():
         raise MetricsError("not Prometheus exposition text: no metric families found")
+    for fam in fams.values():
+        check_family(fam)
     return fams
+
+
+def check_family(fam) -> None:
+    """Counters and histograms only count up from zero: a NaN, an infinity or a negative value, or histogram
+    buckets that are not cumulative, would turn into wrong deltas and quantiles (p50 = 2.5 ns), so the page is
+    refused with the family and sample named."""
+    kind = _kind(fam)
+    if kind not in ("counter", "histogram"):
+        return
+    buckets: dict[tuple, list[tuple[float, float]]] = {}
+    counts: dict[tuple, float] = {}
+    for smp in fam.samples:
+        if smp.name.endswith("_created"):
+            continue
+        v = smp.value
+        if not math.isfinite(v) or v < 0:
+            raise MetricsError(f"{kind} {smp.name}{_labels(smp.labels)} = {v!r}: must be a finite number >= 0")
+        if kind != "histogram":
+            continue
+        key = tuple(sorted((k, x) for k, x in smp.labels.items() if k != "le"))
+        if smp.name.endswith("_bucket"):
+            try:
+                le = float(smp.labels["le"])
+            except (KeyError, ValueError):
+                raise MetricsError(f"histogram {smp.name}{_labels(smp.labels)}: bucket without a numeric le") from None
+            buckets.setdefault(key, []).append((le, v))
+        elif smp.name.endswith("_count"):
+            counts[key] = v
+    for key, bs in buckets.items():
+        bs.sort()
+        for (le_a, a), (le_b, b) in itertools.pairwise(bs):
+            if b < a:
+                raise MetricsError(f"histogram {fam.name}{_labels(dict(key))}: bucket le={le_b:g} holds {b:g} < "
+                                   f"{a:g} in le={le_a:g} (buckets must be cumulative)")
+        if not math.isinf(bs[-1][0]):
+            raise MetricsError(f"histogram {fam.name}{_labels(dict(key))}: no le=\"+Inf\" bucket")
+        if key in counts and counts[key] != bs[-1][1]:
+            raise MetricsError(f"histogram {fam.name}{_labels(dict(key))}: _count {counts[key]:g} != le=+Inf "
+                               f"bucket {bs[-1][1]:g}")
+
+
+def _labels(labels: dict) -> str:
+    return "{" + ",".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}" if labels else ""
 
 
 def _family(fams: dict, native: str):

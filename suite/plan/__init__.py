@@ -19,15 +19,29 @@ Everything is validated before anything starts (`load_plan` raises PlanError wit
 from __future__ import annotations
 
 import copy
+import math
+import re
 from pathlib import Path
 
 import numpy as np
 import yaml
 from pydantic import BaseModel, Field, ValidationError
 
-from suite.config import Settings
+from suite.config import SECRET_SETTINGS, Settings, secrets_allowed_in_files
 
 PLAN_DIR = Path(__file__).resolve().parent.parent.parent / "plans"
+
+
+# Bounds on what one plan may ask for: beyond them a typo (rate 1e9, duration 1e12) would run for ages or exhaust
+# memory building the schedule, so the plan is refused before anything starts.
+MAX_PLAN_BYTES = 1_000_000
+MAX_POINTS = 1_000
+MAX_POINT_REQUESTS = 1_000_000  # planned requests of one load point
+MAX_PLAN_REQUESTS = 20_000_000  # planned requests of the whole plan (all deployments, points, repetitions)
+MAX_TRACE_BYTES = 256 * 1024 * 1024
+MAX_SECONDS = 7 * 24 * 3600.0  # no duration or timeout of a plan is longer than a week
+# a label names a folder under the results dir: one path component, no separators, no leading dot
+LABEL = re.compile(r"^[A-Za-z0-9_+=,@%-][A-Za-z0-9._+=,@%-]{0,127}$")
 
 
 class PlanError(ValueError):
@@ -37,17 +51,20 @@ class PlanError(ValueError):
 class Plan(BaseModel):
     model_config = {"extra": "forbid"}
 
-    name: str = Field(pattern=r"^[A-Za-z0-9._-]+$")
+    name: str = Field(pattern=r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}$")  # a folder name under --out
     description: str = ""
     deployments: list[str] = Field(min_length=1)
     backend: str | None = Field(None, pattern=r"^(gpu|emu|cpu)$", description="override the deployments' backend")
     workload: dict = Field(default_factory=dict)
-    points: list[dict] = Field(default_factory=lambda: [{}])
+    points: list[dict] = Field(default_factory=lambda: [{}], min_length=1, max_length=MAX_POINTS)
     repetitions: int = Field(1, ge=1, le=100)
-    warmup_requests: int = Field(4, ge=0)
+    warmup_requests: int = Field(4, ge=0, le=10_000)
     on_failure: str = Field("continue", pattern=r"^(continue|stop)$")
-    point_timeout_s: float = Field(900, gt=0, description="hard limit for one load point")
-    up_timeout_s: float = Field(1800, gt=0, description="limit for a deployment to become healthy")
+    point_timeout_s: float = Field(900, gt=0, le=MAX_SECONDS, description="hard limit for one load point")
+    up_timeout_s: float = Field(1800, gt=0, le=MAX_SECONDS, description="limit for a deployment to become healthy")
+    liveness_timeout_s: float = Field(
+        25, gt=0, le=3600, description="a point fails when the endpoint has not answered /health (or the results "
+        "disk has not taken a write) for this long; the deployment's remaining points are skipped")
     settings: dict[str, str | int | float] = Field(default_factory=dict, description="Settings overrides")
 
     def resolved_deployments(self, backend: str | None = None) -> list[str]:
@@ -61,6 +78,12 @@ class Plan(BaseModel):
     def point_specs(self) -> list[tuple[str, dict]]:
         """(label, workload dict) for every load point, in order."""
         return [(point_label(p), deep_merge(self.workload, p)) for p in self.points]
+
+    def public_dump(self) -> dict:
+        """The plan as written with results: secret settings masked."""
+        data = self.model_dump(mode="json")
+        data["settings"] = {k: ("***" if k in SECRET_SETTINGS and v else v) for k, v in self.settings.items()}
+        return data
 
 
 def repetition_seed(plan_seed: int, rep: int, purpose: int = 0) -> int:
@@ -101,6 +124,8 @@ def deep_merge(base: dict, over: dict) -> dict:
 
 
 def point_label(point: dict) -> str:
+    """An explicit `label` as given (checked by `check_label`), else one made from the point's overrides with
+    every character that could not be part of a folder name replaced."""
     if "label" in point:
         return str(point["label"])
 
@@ -110,7 +135,33 @@ def point_label(point: dict) -> str:
             items += flat(v, f"{prefix}{k}.") if isinstance(v, dict) else [f"{prefix}{k}={v}"]
         return items
 
-    return ",".join(flat(point)).replace("/", "_") or "default"
+    label = re.sub(r"[^A-Za-z0-9._+=,@%-]", "_", ",".join(flat(point)))[:128].lstrip(".")
+    return label or "default"
+
+
+def check_label(label: str) -> str | None:
+    """Why `label` cannot name a results folder, or None."""
+    if not LABEL.match(label):
+        return (f"label {label!r} must be one folder name: letters, digits and . _ + = , @ % - only, no leading "
+                f"dot, at most 128 characters")
+    return None
+
+
+def _non_finite(data, where: str = "") -> str | None:
+    """The first NaN/Inf number in a parsed plan, as a dotted field path, or None."""
+    if isinstance(data, float) and not math.isfinite(data):
+        return f"{where or 'value'}: {data!r} is not a finite number"
+    if isinstance(data, dict):
+        items = data.items()
+    elif isinstance(data, list):
+        items = enumerate(data)
+    else:
+        return None
+    for k, v in items:
+        bad = _non_finite(v, f"{where}.{k}" if where else str(k))
+        if bad:
+            return bad
+    return None
 
 
 def find_plan(ref: str | Path) -> Path:
@@ -129,16 +180,30 @@ def load_plan(ref: str | Path, settings: Settings, backend: str | None = None,
 
     path = find_plan(ref)
     try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise PlanError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        if path.stat().st_size > MAX_PLAN_BYTES:
+            raise PlanError(f"{path}: larger than {MAX_PLAN_BYTES} bytes; a plan is a short YAML file")
+        raw = yaml.safe_load(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise PlanError(f"{path}: not a text file (not UTF-8)") from None
+    except OSError as e:
+        raise PlanError(f"{path}: cannot read ({e.strerror})") from None
+    except (yaml.YAMLError, RecursionError) as e:
+        raise PlanError(f"{path}: not valid YAML ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
     if not isinstance(raw, dict):
         raise PlanError(f"{path}: a plan is a YAML mapping")
+    bad = _non_finite(raw)
+    if bad:
+        raise PlanError(f"{path}: {bad}")
     try:
-        plan = Plan(**raw)
+        plan = Plan(**{str(k): v for k, v in raw.items()})
     except ValidationError as e:
         err = e.errors()[0]
-        raise PlanError(f"{path}: {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+        raise PlanError(f"{path}: {'.'.join(map(str, err['loc']))}: {err['msg']} "
+                        f"(got {_short(err.get('input'))})") from None
+    secret = sorted(set(plan.settings) & SECRET_SETTINGS)
+    if secret and not secrets_allowed_in_files():
+        raise PlanError(f"{path}: settings.{secret[0]}: a secret in a plan file is refused (it would sit in the "
+                        f"plan and its copies); set it in the environment, or set PDSUITE_ALLOW_TOKEN_IN_FILE=1")
 
     settings = apply_overrides(settings, plan.settings)
     catalog = deployments()
@@ -152,12 +217,117 @@ def load_plan(ref: str | Path, settings: Settings, backend: str | None = None,
         if gpus_present is not None and need > gpus_present:
             raise PlanError(f"{path}: {name} needs {need} GPUs, this host has {gpus_present}")
     labels = [label for label, _ in plan.point_specs()]
-    if len(set(labels)) != len(labels):
-        raise PlanError(f"{path}: two load points share the label {labels[0]!r}; give them distinct labels")
+    for k, label in enumerate(labels):
+        why = check_label(label)
+        if why:
+            raise PlanError(f"{path}: points.{k}.{why}")
+    dup = next((x for x in labels if labels.count(x) > 1), None)
+    if dup is not None:
+        raise PlanError(f"{path}: two load points share the label {dup!r}; give them distinct labels")
+    names = plan.resolved_deployments(backend)
+    total = 0
     for label, spec in plan.point_specs():
-        validate_workload(spec, settings, plan.resolved_deployments(backend), where=f"{path}: point {label}")
+        validate_workload(spec, settings, names, where=f"{path}: point {label}")
+        total += check_schedule(spec, where=f"{path}: point {label}", max_model_len=_max_len(names, settings))
+    total *= plan.repetitions * len(names)
+    if total > MAX_PLAN_REQUESTS:
+        raise PlanError(f"{path}: the plan schedules ~{total:.3g} requests in all (limit {MAX_PLAN_REQUESTS:.0e}); "
+                        f"fewer points, repetitions or shorter durations")
+    if any(n.startswith("emu-") for n in names):
+        check_emulator_settings(settings, where=str(path))
     warn_short_points(plan)
     return plan
+
+
+def _short(v) -> str:
+    text = repr(v)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _max_len(names: list[str], settings: Settings) -> int:
+    """The smallest context length among the deployments (a trace request must fit every one of them)."""
+    from suite.deploy.catalog import deployments
+    from suite.frameworks.base import get as get_framework
+
+    catalog = deployments()
+    return min(get_framework(catalog[n].framework).max_model_len(catalog[n], settings) for n in names)
+
+
+def check_schedule(spec: dict, where: str, max_model_len: int | None = None) -> int:
+    """How many requests a point plans (an upper estimate); refuses a schedule that is empty, absurdly large, or a
+    trace file that cannot be replayed. Runs before anything starts (the load stage checks again at the point)."""
+    from suite.load.schedule import arrival_times, plans, read_trace
+    from suite.load.spec import LoadSpec
+
+    s = LoadSpec(**spec)  # validate_workload has checked it parses
+    a = s.arrival
+    for name, value in (("duration_s", s.duration_s), ("request_timeout_s", s.request_timeout_s),
+                        ("drain_timeout_s", s.drain_timeout_s)):
+        if value is not None and value > MAX_SECONDS:
+            raise PlanError(f"{where}: {name} {value:g} s is longer than a week")
+    if a.kind == "trace":
+        trace = Path(a.trace).expanduser()
+        try:
+            size = trace.stat().st_size
+        except OSError as e:
+            raise PlanError(f"{where}: arrival.trace {str(trace)!r}: {e.strerror}") from None
+        if not trace.is_file():
+            raise PlanError(f"{where}: arrival.trace {str(trace)!r} is not a file")
+        if size > MAX_TRACE_BYTES:
+            raise PlanError(f"{where}: arrival.trace {str(trace)!r} is larger than {MAX_TRACE_BYTES >> 20} MiB")
+        try:
+            rows = read_trace(trace, a.trace_time_unit)
+        except UnicodeDecodeError:
+            raise PlanError(f"{where}: arrival.trace {str(trace)!r}: not a text file (not UTF-8)") from None
+        except ValueError as e:  # ConfigError is a ValueError
+            raise PlanError(f"{where}: arrival.{str(e).splitlines()[0]}") from None
+        limit = min(x for x in (s.max_model_len, max_model_len, 1 << 62) if x)
+        for k, (t, n_in, n_out) in enumerate(rows, start=1):
+            if not math.isfinite(t):
+                raise PlanError(f"{where}: arrival.trace {str(trace)!r}: request {k} has timestamp {t!r}")
+            if limit and n_in + n_out > limit:
+                raise PlanError(f"{where}: arrival.trace {str(trace)!r}: request {k} needs {n_in} + {n_out} tokens "
+                                f"> max_model_len {limit}")
+        n = len(plans(s.model_copy(update={"arrival": a.model_copy(update={"trace": trace})})))
+        if n == 0:
+            raise PlanError(f"{where}: the trace schedules no requests within duration_s {s.duration_s}")
+        return n
+    if a.kind == "concurrency":
+        n = s.num_requests or int(max(1.0, s.duration_s or 1) * a.concurrency * 100)  # ~100 req/s per stream at most
+        if s.num_requests and s.num_requests > MAX_POINT_REQUESTS:
+            raise PlanError(f"{where}: num_requests {s.num_requests} > {MAX_POINT_REQUESTS} per point")
+        return min(n, MAX_POINT_REQUESTS)
+    if a.kind == "step":
+        span = min(sum(d for d, _ in a.steps), s.duration_s or math.inf)
+        peak = max(r for _, r in a.steps)
+    else:
+        span = s.duration_s if s.duration_s is not None else math.inf
+        peak = max(a.rate_rps or 0.0, a.end_rps or 0.0)
+    estimate = min(span * peak, s.num_requests or math.inf)
+    if not math.isfinite(estimate) or estimate > MAX_POINT_REQUESTS:
+        raise PlanError(f"{where}: the point schedules ~{estimate:.3g} requests (rate x duration; limit "
+                        f"{MAX_POINT_REQUESTS:.0e} per point)")
+    if len(arrival_times(s)) == 0:
+        raise PlanError(f"{where}: the schedule has no requests (duration_s {s.duration_s} too short for the rate)")
+    return int(estimate) + 1
+
+
+def check_emulator_settings(settings: Settings, where: str) -> None:
+    """EMU_HARDWARE and EMU_MODEL_CONFIG must load (the emulated engines would exit at start otherwise)."""
+    from suite.emulator.hardware import HardwareError, load_hardware
+    from suite.modelcfg import ModelConfigError, load
+
+    try:
+        hw = load_hardware(settings.EMU_HARDWARE)
+    except HardwareError as e:
+        raise PlanError(f"{where}: setting EMU_HARDWARE: {str(e).splitlines()[0]}") from None
+    try:
+        size = load(settings.EMU_MODEL_CONFIG)
+    except ModelConfigError as e:
+        raise PlanError(f"{where}: setting EMU_MODEL_CONFIG: {str(e).splitlines()[0]}") from None
+    if size.weight_bytes >= hw.mem_bytes * hw.mem_fraction * 2:  # TP=2 is the largest deployment of one model
+        raise PlanError(f"{where}: setting EMU_MODEL_CONFIG {settings.EMU_MODEL_CONFIG!r} does not fit "
+                        f"EMU_HARDWARE {settings.EMU_HARDWARE!r} (weights {size.weight_bytes / 1e9:.1f} GB)")
 
 
 def short_points(plan: Plan) -> list[str]:

@@ -25,6 +25,9 @@ COLUMNS = ["request_class", "input_tokens", "prompt_tokens", "completion_tokens"
            "done_s", "token_times_s", "status"]
 
 
+MAX_JSON_BYTES = 64 * 1024 * 1024  # manifest.json and point.json are a few KB; never load a runaway file whole
+
+
 class ReportInputError(ValueError):
     """Nothing usable in the inputs."""
 
@@ -200,7 +203,11 @@ class _Builder:
         def cat(parts, key):
             return np.concatenate([p[key] for p in parts]) if parts else np.zeros(0)
 
-        req = pd.DataFrame({k: cat(self.req, k) for k in (self.req[0] if self.req else {"pidx": 0})})
+        if not self.req:  # points without one readable record: nothing to compute (and say why)
+            why = [t for lvl, t in _collapse(self.messages) if lvl == "error"] or \
+                [t for lvl, t in _collapse(self.messages) if lvl == "warning"]
+            raise ReportInputError("no request records to report" + (f": {why[0]}" if why else ""))
+        req = pd.DataFrame({k: cat(self.req, k) for k in self.req[0]})
         names = sorted(self.classes, key=self.classes.get)
         if "cls" in req:
             req["cls"] = pd.Categorical.from_codes(req["cls"].to_numpy().astype(np.int16), categories=names)
@@ -224,14 +231,53 @@ def _collapse(messages: list[tuple[str, str]]) -> list[tuple[str, str]]:
     return out
 
 
+NUMERIC = ("input_tokens", "prompt_tokens", "completion_tokens", "sent_s", "first_token_s", "done_s")
+TEXT = ("request_class", "status")
+
+
+def check_table(table: pa.Table) -> str | None:
+    """Why a requests table cannot be reported, or None: wrong column types, NaN/Inf/negative values where they
+    are meaningless, or responses that end before their request was sent (negative latencies)."""
+    for name in table.column_names:
+        t = table.schema.field(name).type
+        if pa.types.is_dictionary(t):
+            t = t.value_type
+        if name in NUMERIC and not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_null(t)):
+            return f"column {name} has type {t}, expected a number"
+        if name in TEXT and not (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_null(t)):
+            return f"column {name} has type {t}, expected text"
+    cols = {n: table.column(n).to_numpy(zero_copy_only=False).astype(float) for n in NUMERIC
+            if n in table.column_names}
+    for name, v in cols.items():
+        with np.errstate(invalid="ignore"):
+            bad = np.isinf(v) | (v < 0)
+        if bad.any():
+            return f"column {name} holds {int(bad.sum())} infinite or negative values (e.g. {v[bad][0]!r})"
+    sent = cols.get("sent_s")
+    if sent is not None:
+        for name in ("first_token_s", "done_s"):
+            if name in cols:
+                with np.errstate(invalid="ignore"):
+                    bad = cols[name] < sent
+                if bad.any():
+                    return (f"{int(bad.sum())} records have {name} before sent_s (negative latency, e.g. "
+                            f"{cols[name][bad][0] - sent[bad][0]:.3g} s)")
+    return None
+
+
 def _read_table(path: Path, b: _Builder) -> pa.Table | None:
     try:
         schema = pq.read_schema(path)
         # token_times_s is streamed in batches later (_tt_batches), never held whole
-        return pq.read_table(path, columns=[c for c in COLUMNS if c in schema.names and c != "token_times_s"])
+        table = pq.read_table(path, columns=[c for c in COLUMNS if c in schema.names and c != "token_times_s"])
     except (OSError, pa.ArrowInvalid) as e:
         b.msg("error", f"{path}: unreadable requests.parquet ({type(e).__name__}: {e}); its requests are missing")
         return None
+    problem = check_table(table)
+    if problem:
+        b.msg("error", f"{path}: {problem}; its requests are left out")
+        return None
+    return table
 
 
 def _server_metrics(rep: Path, pr: PointResult, pidx: int, b: _Builder) -> None:
@@ -281,7 +327,11 @@ def _load_tree(root: Path, b: _Builder) -> None:
     mpath = root / "manifest.json"
     if mpath.is_file():
         try:
-            manifest = json.loads(mpath.read_text())
+            if mpath.stat().st_size > MAX_JSON_BYTES:
+                raise ValueError(f"larger than {MAX_JSON_BYTES >> 20} MiB")
+            manifest = json.loads(mpath.read_bytes().decode("utf-8", errors="replace"))
+            if not isinstance(manifest, dict):
+                raise ValueError("not a JSON object")
             manifest["_path"] = str(root)
             b.manifests.append(manifest)
             if _major(manifest.get("schema_version", "?")) != _major(SCHEMA_VERSION):
@@ -289,7 +339,8 @@ def _load_tree(root: Path, b: _Builder) -> None:
                                f"{SCHEMA_VERSION}: numbers may be misread")
             if manifest.get("status") not in (None, "complete"):
                 b.msg("warning", f"{root}: run status is {manifest.get('status')!r}: reported as PARTIAL")
-        except (OSError, json.JSONDecodeError) as e:
+        except (OSError, ValueError) as e:
+            manifest = {}
             b.msg("error", f"{mpath}: corrupt manifest ({e}); environment section incomplete")
     else:
         b.msg("warning", f"{root}: no manifest.json; environment unknown")
@@ -299,7 +350,9 @@ def _load_tree(root: Path, b: _Builder) -> None:
     for pj in point_files:
         rep = pj.parent
         try:
-            pr = PointResult.model_validate_json(pj.read_text())
+            if pj.stat().st_size > MAX_JSON_BYTES:
+                raise ValueError(f"larger than {MAX_JSON_BYTES >> 20} MiB")
+            pr = PointResult.model_validate_json(pj.read_bytes())
         except (OSError, ValueError) as e:
             b.msg("error", f"{pj}: corrupt point.json ({str(e).splitlines()[0]}); repetition skipped")
             continue

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -36,7 +39,7 @@ def register(app: typer.Typer) -> None:
         from suite.config import load_settings
         from suite.plan import PlanError, apply_overrides, load_plan
         from suite.runner.drivers import DRIVERS
-        from suite.runner.run import run_plan
+        from suite.runner.run import Interrupted, run_plan
 
         def fail(msg: str) -> None:
             typer.echo(f"pdsuite: error: {msg}", err=True)
@@ -60,12 +63,21 @@ def register(app: typer.Typer) -> None:
             fail(str(e))
         if driver != "compose" and any(n.startswith("cpu-") for n in names):
             fail("cpu-* deployments run in the vllm-cpu image: use --driver compose (or --backend gpu/emu)")
+        problem = _out_problem(out)
+        if problem:
+            fail(f"--out {out}: {problem}")
         resume_dir = None
         if resume:
             resume_dir = latest_run(out, p.name) if resume == "latest" else Path(resume)
             if resume_dir is None or not (resume_dir / "manifest.json").is_file():
                 fail(f"nothing to resume: {resume}")
-        settings = apply_overrides(settings, p.settings)
+            problem = _resume_problem(resume_dir, p.name)
+            if problem:
+                fail(f"--resume {resume_dir}: {problem}")
+        try:
+            settings = apply_overrides(settings, p.settings)
+        except PlanError as e:
+            fail(str(e))
         if validate_only:
             typer.echo(f"plan {p.name}: {len(names)} deployments x {len(p.points)} points x {p.repetitions} reps: ok")
             return
@@ -83,10 +95,15 @@ def register(app: typer.Typer) -> None:
             try:
                 state = run_plan(p, settings, out, backend=backend or None, driver_kind=driver, workers=workers,
                                  resume=resume_dir, progress=progress)
-            except KeyboardInterrupt:
-                typer.echo("pdsuite: interrupted; completed points are kept - continue with --resume latest",
-                           err=True)
-                raise typer.Exit(130) from None
+            except KeyboardInterrupt as e:
+                sig = str(e) if isinstance(e, Interrupted) else "SIGINT"
+                typer.echo(f"pdsuite: interrupted by {sig}; completed points are kept - continue with "
+                           f"--resume latest", err=True)
+                raise typer.Exit(128 + getattr(signal, sig, signal.SIGINT)) from None
+            except ValueError as e:  # a path that would leave --out (checked before anything starts)
+                fail(str(e).splitlines()[0])
+            except OSError as e:  # --out cannot be created or written at all
+                fail(f"cannot write results under {out}: {e.strerror or e}")
         typer.echo(f"results: {state.out}")
         _print_headline(state.out)
         if state.fatal:
@@ -96,6 +113,30 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"pdsuite: {len(state.failed)} point(s) failed, e.g. {state.failed[0]} "
                        f"(see point.json there)", err=True)
             raise typer.Exit(1)
+
+
+def _out_problem(out: Path) -> str | None:
+    """Why results cannot go under `out`, checked before anything starts."""
+    for parent in (out, *out.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                return f"{parent} is not a folder"
+            if not os.access(parent, os.W_OK | os.X_OK):
+                return f"{parent} is not writable"
+            return None
+    return None
+
+
+def _resume_problem(run_dir: Path, plan_name: str) -> str | None:
+    try:
+        data = json.loads((run_dir / "manifest.json").read_bytes()[:10_000_000])
+    except (OSError, ValueError) as e:
+        return f"manifest.json is unreadable ({type(e).__name__})"
+    if not isinstance(data, dict):
+        return "manifest.json is not a JSON object"
+    if data.get("plan") != plan_name:
+        return f"that run is of plan {data.get('plan')!r}, not {plan_name!r}"
+    return None
 
 
 def _print_headline(results: Path) -> None:

@@ -20,7 +20,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from suite.config import Settings, expand
+from suite.config import SECRET_SETTINGS, Settings, expand
 from suite.deploy.catalog import get as get_deployment
 from suite.deploy.compose import deployment_services
 from suite.deploy.model import Backend, Deployment, Role
@@ -160,7 +160,9 @@ class HostDriver(Driver):
                 engine.model_copy(update={"cuda_devices": env.get("CUDA_VISIBLE_DEVICES", "")}), self.settings)
         if self.dep.backend is Backend.GPU and engine is not None:
             env.setdefault("HF_HOME", str(Path(self.settings.MODEL_CACHE_DIR).expanduser()))
-        return self.env_paths.environ(dict(os.environ)) | env | {"PYTHONUNBUFFERED": "1"}
+        # a secret reaches only a service whose definition names it (real engines: HF_TOKEN), never by inheritance
+        base = {k: v for k, v in os.environ.items() if k not in SECRET_SETTINGS}
+        return self.env_paths.environ(base) | env | {"PYTHONUNBUFFERED": "1"}
 
     def services_argv(self) -> dict[str, tuple[list[str], dict[str, str], str]]:
         """service -> (argv, env, role): what `up` starts, for preflight checks and `--dry-run` output."""

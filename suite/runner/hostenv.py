@@ -185,6 +185,7 @@ def stop_groups(groups: dict[str, int], procs: dict | None = None, grace_s: floa
     for pgid in groups.values():
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pgid, signal.SIGTERM)
+            os.killpg(pgid, signal.SIGCONT)  # a stopped (hung) process only acts on SIGTERM once continued
     deadline = time.monotonic() + grace_s
     while time.monotonic() < deadline and any(group_alive(g) for g in groups.values()):
         for p in (procs or {}).values():

@@ -6,15 +6,25 @@ Guarantees:
 - a dead engine or router fails the point with its last log lines, the deployment's remaining points are
   recorded as failed, and the plan continues or stops per `on_failure`; `down` always runs;
 - time outside load generation is measured per phase (manifest.json `timings`; definitions in
-  suite/runner/timing.py) so the overhead budget can be checked; the report shows it.
+  suite/runner/timing.py) so the overhead budget can be checked; the report shows it;
+- SIGTERM and SIGHUP end a run like Ctrl-C: the running point is dropped (it re-runs on resume), the deployment is
+  taken down, and the manifest says `interrupted` with the signal (never left `running`);
+- a point whose endpoint stops answering /health, or whose results disk stops taking writes, for
+  `liveness_timeout_s` fails then (not after `point_timeout_s`), and the deployment's remaining points are
+  skipped with that reason (suite/runner/liveness.py);
+- nothing is written outside the run's folder: plan, deployment and point names are checked folder names and
+  every derived path is checked to stay inside it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
 import shutil
+import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,7 +35,8 @@ from suite import __version__
 from suite.config import Settings
 from suite.deploy.catalog import get as get_deployment
 from suite.plan import Plan
-from suite.runner.drivers import DeployError, Driver, make_driver
+from suite.runner.drivers import ComposeDriver, DeployError, Driver, ProcessDriver, make_driver
+from suite.runner.liveness import Watchdog, busy_ports
 from suite.runner.timing import Timings, load_window, split_call
 from suite.schema import PointResult, RunManifest, Workload
 
@@ -51,6 +62,67 @@ class RunState:
     timings: Timings = field(default_factory=Timings)
     fatal: str | None = None  # why the plan stopped early (e.g. the results volume is full)
     telemetry: object = None  # the deployment's RunTelemetry (suite/telemetry): spans and GPU samples per point
+    interrupted: str | None = None  # the signal that ended the run (SIGINT, SIGTERM, SIGHUP)
+    leftovers: list[str] = field(default_factory=list)  # deployments a dead runner left, found and stopped
+    current: str | None = None  # the point running now (named in the manifest when a signal ends the run)
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM or SIGHUP: unwinds like Ctrl-C (every `finally` takes its part down)."""
+
+
+class _Signals:
+    """While a plan runs, SIGTERM and SIGHUP raise Interrupted in the main thread, like SIGINT raises
+    KeyboardInterrupt. Only the first signal does: one that arrives during the clean-up it started is noted and
+    otherwise ignored, so `down` is not cut short (that would leave the deployment running)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+    def __init__(self, state: RunState) -> None:
+        self.state, self.old = state, {}
+
+    def _handle(self, signum, _frame) -> None:
+        if self.state.interrupted:
+            return
+        self.state.interrupted = signal.Signals(signum).name
+        raise KeyboardInterrupt if signum == signal.SIGINT else Interrupted(self.state.interrupted)
+
+    def __enter__(self) -> _Signals:
+        if threading.current_thread() is threading.main_thread():
+            self.old = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def quiet(self) -> None:
+        """From here on (the final bookkeeping) every signal is ignored."""
+        if self.old:
+            for s in self.SIGNALS:
+                signal.signal(s, signal.SIG_IGN)
+
+    def __exit__(self, *exc) -> None:
+        for s, h in self.old.items():
+            signal.signal(s, h)
+
+
+@contextlib.contextmanager
+def _secrets_out_of_environ():
+    """While a plan runs, the runner's own environment holds no secret: every child it starts (Locust, emulated
+    engines, routers) inherits that environment, and only services whose definition names a secret (real engines:
+    HF_TOKEN) get it, from the settings. The caller's environment is restored afterwards."""
+    from suite.config import SECRET_SETTINGS
+
+    saved = {k: os.environ.pop(k) for k in SECRET_SETTINGS if k in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
+
+
+def inside(root: Path, *parts: str) -> Path:
+    """root/parts..., refused when it would resolve outside root (a label like ../x or /x)."""
+    path = root.joinpath(*parts)
+    if not path.resolve().is_relative_to(root.resolve()) or any(p in ("", ".", "..") or "/" in p for p in parts):
+        raise ValueError(f"{'/'.join(parts)!r} would be written outside {root}")
+    return path
 
 
 def run_plan(plan: Plan, settings: Settings, out_root: Path, *, backend: str | None = None,
@@ -61,50 +133,85 @@ def run_plan(plan: Plan, settings: Settings, out_root: Path, *, backend: str | N
 
     t_plan = time.monotonic()
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    out = resume or out_root / plan.name / stamp
-    out.mkdir(parents=True, exist_ok=True)
     names = plan.resolved_deployments(backend)
+    points = plan.point_specs()
+    out = resume or inside(out_root, plan.name, stamp)
+    for name in names:  # checked before anything is written
+        for label, _ in points:
+            inside(out, name, label)
+    out.mkdir(parents=True, exist_ok=True)
     state = RunState(out=out)
     manifest = RunManifest(plan=plan.name, stamp=out.name, suite_version=__version__, settings=settings.public(),
                            emulated=any(get_deployment(n).emulated for n in names))
     if not (out / "manifest.json").is_file():
-        write_json(out / "manifest.json", manifest.model_dump() | {"plan_spec": plan.model_dump(), "status": "running"})
-    (out / "plan.json").write_text(plan.model_dump_json(indent=2))
+        write_json(out / "manifest.json", manifest.model_dump() | {"plan_spec": plan.public_dump(),
+                                                                   "status": "running"})
+    write_json(out / "plan.json", plan.public_dump())
 
-    points = plan.point_specs()
     total = len(names) * len(points) * plan.repetitions
-    try:
-        for name in names:
-            todo = [(label, spec, rep) for label, spec in points for rep in range(plan.repetitions)
-                    if not (out / name / label / f"rep{rep}").is_dir()]
-            state.done += len(points) * plan.repetitions - len(todo)
-            if not todo:
-                continue
-            stop = _run_deployment(plan, settings, name, todo, out, driver_kind, workers, state, snapshot,
-                                   lambda msg: progress and progress(msg, state.done, total))
-            if stop:
-                break
-    except OSError as e:
-        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+    with _Signals(state) as signals, _secrets_out_of_environ():
+        try:
+            if driver_kind in ("host", "process"):  # what a runner that died left running holds our ports
+                from suite.runner.stale import take_down_host_leftovers
+
+                state.leftovers = take_down_host_leftovers(settings)
+                for line in state.leftovers:
+                    progress and progress(f"leftover {line}", state.done, total)
+            for name in names:
+                todo = [(label, spec, rep) for label, spec in points for rep in range(plan.repetitions)
+                        if not (out / name / label / f"rep{rep}").is_dir()]
+                state.done += len(points) * plan.repetitions - len(todo)
+                if not todo:
+                    continue
+                stop = _run_deployment(plan, settings, name, todo, out, driver_kind, workers, state, snapshot,
+                                       lambda msg: progress and progress(msg, state.done, total))
+                if stop:
+                    break
+        except OSError as e:
+            for partial in out.rglob("*.partial"):  # the unfinished point: free its space, it re-runs on resume
+                shutil.rmtree(partial, ignore_errors=True)
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                state.fatal = (f"results volume full at {out} ({e.strerror}); finished points are kept: free space "
+                               f"and continue with --resume {out}")
+            elif e.filename and Path(str(e.filename)).resolve().is_relative_to(out.resolve()):
+                # unwritable, read-only, I/O error: the same promise, one line with the path
+                state.fatal = (f"cannot write results at {e.filename} ({e.strerror or e}); finished points are "
+                               f"kept: fix it and continue with --resume {out}")
+            else:
+                state.fatal = (f"{type(e).__name__}: {e}".splitlines()[0] +
+                               f"; finished points are kept: continue with --resume {out}")
+        except KeyboardInterrupt:
+            # the cut point re-runs on resume; its folder goes now that every process that wrote into it is down
+            for partial in out.rglob("*.partial"):
+                shutil.rmtree(partial, ignore_errors=True)
+            state.interrupted = state.interrupted or "SIGINT"
+            state.fatal = (f"interrupted by {state.interrupted}" + (f" during {state.current}" if state.current
+                                                                    else "") +
+                           f"; finished points are kept: continue with --resume {out}")
             raise
-        for partial in out.rglob("*.partial"):  # the unfinished point: free its space, it re-runs on resume
-            shutil.rmtree(partial, ignore_errors=True)
-        state.fatal = (f"results volume full at {out} ({e.strerror}); finished points are kept: free space and "
-                       f"continue with --resume {out}")
-    finally:
-        state.timings.wall_s = time.monotonic() - t_plan
-        ok = state.done - len(state.failed)
-        status = "complete" if ok == total else ("partial" if ok else "failed")
+        finally:
+            signals.quiet()
+            _finish_manifest(out, state, total, time.monotonic() - t_plan)
+    return state
+
+
+def _finish_manifest(out: Path, state: RunState, total: int, wall_s: float) -> None:
+    state.timings.wall_s = wall_s
+    ok = state.done - len(state.failed)
+    status = "complete" if ok == total else ("partial" if ok else "failed")
+    if state.interrupted:
+        status = "interrupted"
+    try:
         data = json.loads((out / "manifest.json").read_text())
         prev = data.get("timings", {})
         # a resumed run adds to what earlier attempts measured
         t = (Timings.merged(prev, state.timings) if prev else state.timings).as_dict()
-        try:
-            write_json(out / "manifest.json", data | {"status": status, "ended_at": now(), "timings": t,
-                                                      "failed_points": state.failed, "fatal": state.fatal})
-        except OSError:  # a full volume: the previous manifest stays; state.fatal tells the caller
-            (out / "manifest.json.tmp").unlink(missing_ok=True)
-    return state
+        write_json(out / "manifest.json", data | {"status": status, "ended_at": now(), "timings": t,
+                                                  "failed_points": state.failed, "fatal": state.fatal,
+                                                  "interrupted": state.interrupted,
+                                                  "leftovers": data.get("leftovers", []) + state.leftovers})
+    except (OSError, ValueError):  # a full or broken volume: the previous manifest stays; state.fatal tells why
+        (out / "manifest.json.tmp").unlink(missing_ok=True)
 
 
 def _run_deployment(plan: Plan, settings: Settings, name: str, todo: list, out: Path, driver_kind: str,
@@ -139,6 +246,19 @@ def _run_deployment(plan: Plan, settings: Settings, name: str, todo: list, out: 
                     state.done += 1
                 return plan.on_failure == "stop"
             driver.down()  # a leftover stack from a crashed run would hold the ports
+            local = isinstance(driver, ComposeDriver | ProcessDriver)  # drivers whose services bind these ports
+            busy = busy_ports(settings.BIND_ADDRESS, [s.port for s in driver.services]) if local else []
+            if busy:  # someone else's process: say so, instead of failing every point with a wrong cause
+                from suite.runner.stale import port_owner
+
+                owner = port_owner(settings, busy)
+                why = (f"deployment did not start: port {busy[0]} on {settings.BIND_ADDRESS} is already in use: "
+                       + (owner or "by a process this run did not start (stop it, or set other ports in .env)"))
+                for label, _spec, rep in todo:
+                    _write_failed(plan, settings, name, label, rep, out, why, {})
+                    state.failed.append(f"{name}/{label}/rep{rep}")
+                    state.done += 1
+                return plan.on_failure == "stop"
             tm.cleanup_s += time.monotonic() - t0
             t_up = time.monotonic()
             if not cluster.procs:  # no cluster parked yet: its processes start while the deployment loads
@@ -176,12 +296,17 @@ def _run_deployment(plan: Plan, settings: Settings, name: str, todo: list, out: 
                     state.failed.append(f"{name}/{label}/rep{rep}")
                     state.done += 1
                     continue
-                ok, failure = _run_point(plan, settings, driver, name, label, spec, rep, out, workers, state,
-                                         snapshot)
+                state.current = f"{name}/{label}/rep{rep}"
+                watchdog = Watchdog(driver.endpoint + "/health", out / name, plan.liveness_timeout_s,
+                                    lambda why: _abort_load(driver.endpoint, settings.MODEL, workers, why))
+                with watchdog:
+                    ok, failure = _run_point(plan, settings, driver, name, label, spec, rep, out, workers, state,
+                                             snapshot, watchdog)
+                state.current = None
                 state.done += 1
                 if not ok:
                     state.failed.append(f"{name}/{label}/rep{rep}")
-                    if driver.dead():
+                    if driver.dead() or watchdog.tripped:
                         broken = f"skipped: the deployment broke at {label} rep{rep} ({failure})"
                     if plan.on_failure == "stop":
                         return True
@@ -213,8 +338,26 @@ def _point_result(plan: Plan, settings: Settings, name: str, label: str, rep: in
                        driver=driver.kind if driver else None)
 
 
+def _abort_load(endpoint: str, model: str, workers: int, why: str) -> None:
+    """Ask the running load point to end now (the watchdog saw the endpoint or the disk fail): in-flight requests
+    end as cancelled records with the reason, unsent ones are recorded as not sent."""
+    import urllib.request
+
+    from suite.load.cluster import LoadCluster
+
+    cluster = LoadCluster.active(endpoint, model, workers)
+    if cluster is None or not cluster.web:
+        return
+    body = json.dumps({"run": cluster.run_id, "reason": why}).encode()
+    req = urllib.request.Request(cluster.web + "/pdsuite/abort", data=body, method="POST",
+                                 headers={"Content-Type": "application/json"})
+    with contextlib.suppress(OSError):  # if it fails, the point's own limit still ends it
+        urllib.request.urlopen(req, timeout=10).close()
+
+
 def _run_point(plan: Plan, settings: Settings, driver: Driver, name: str, label: str, spec: dict, rep: int,
-               out: Path, workers: int, state: RunState, snapshot) -> tuple[bool, str | None]:
+               out: Path, workers: int, state: RunState, snapshot,
+               watchdog: Watchdog | None = None) -> tuple[bool, str | None]:
     from suite.load import run_load
     from suite.load.resolve import resolve_spec
     from suite.load.spec import LoadSpec
@@ -270,6 +413,8 @@ def _run_point(plan: Plan, settings: Settings, driver: Driver, name: str, label:
         # the arrival process runs from t0: its first gap is load time like every later gap
         tm.load_s += pt["first_arrival_s"] + pt["load_window_s"]
         tm.point_tail_s += pt["tail_s"]
+    if watchdog is not None and watchdog.tripped:  # the true cause comes first
+        failure = watchdog.tripped + (f" ({failure})" if failure and watchdog.tripped not in failure else "")
     if tel:  # GPU samples stop; the point's spans still queued in the engines arrive
         result.native["telemetry"] = tel.point_end(tmp, tel.spans_per_request() * (getattr(summary, "ok", 0) or 0))
     dead = driver.dead()

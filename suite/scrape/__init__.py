@@ -14,7 +14,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-MAX_BYTES = 64 * 1024 * 1024  # a /metrics page larger than this is a bug on the other side
+MAX_BYTES = 16 * 1024 * 1024  # a /metrics page larger than this is a bug on the other side (real ones: < 1 MB)
+MAX_SECONDS = 30.0  # a page that trickles in slower than this is refused too
+
+
+class ScrapeError(OSError):
+    """One /metrics GET failed: refused, timed out, malformed URL or response, too large. One line."""
 
 
 @dataclass
@@ -29,20 +34,40 @@ class ScrapeResult:
 
 
 def fetch_text(url: str, timeout: float = 5.0) -> str:
-    """GET one exposition page; raises OSError/ValueError with a readable message on failure."""
-    req = urllib.request.Request(url, headers={"Accept": "text/plain; version=0.0.4"})
-    with urllib.request.urlopen(req, timeout=timeout) as resp:  # loopback URLs from our own catalog
-        body = resp.read(MAX_BYTES + 1)
-    if len(body) > MAX_BYTES:
-        raise ValueError(f"{url}: /metrics larger than {MAX_BYTES} bytes")
-    return body.decode("utf-8", errors="replace")
+    """GET one exposition page; raises ScrapeError (an OSError) with a one-line message on any failure."""
+    import http.client
+
+    deadline = time.monotonic() + MAX_SECONDS
+    try:
+        req = urllib.request.Request(url, headers={"Accept": "text/plain; version=0.0.4"})
+        with urllib.request.urlopen(req, timeout=timeout) as resp:  # loopback URLs from our own catalog
+            chunks, size = [], 0
+            while size <= MAX_BYTES:
+                chunk = resp.read(1 << 20)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+                if time.monotonic() > deadline:
+                    raise ScrapeError(f"{url}: /metrics took longer than {MAX_SECONDS:g} s")
+    except ScrapeError:
+        raise
+    except urllib.error.HTTPError as e:
+        raise ScrapeError(f"HTTP {e.code} {e.reason}") from None
+    except urllib.error.URLError as e:
+        raise ScrapeError(f"{e.reason}") from None
+    except (OSError, ValueError, http.client.HTTPException) as e:  # timeouts, bad URL, garbage status line
+        raise ScrapeError(f"{type(e).__name__}: {e}".splitlines()[0][:300]) from None
+    if size > MAX_BYTES:
+        raise ScrapeError(f"{url}: /metrics larger than {MAX_BYTES >> 20} MiB")
+    return b"".join(chunks).decode("utf-8", errors="replace")
 
 
 def _one(service: str, url: str, out_dir: Path, timeout: float) -> ScrapeResult:
     t0 = time.monotonic()
     try:
         text = fetch_text(url, timeout)
-    except (OSError, ValueError, urllib.error.URLError) as e:  # timeouts are OSError too
+    except ScrapeError as e:
         return ScrapeResult(service, url, False, elapsed_s=time.monotonic() - t0, error=f"{type(e).__name__}: {e}")
     path = out_dir / f"{service}.prom"
     path.write_text(text)
@@ -62,4 +87,4 @@ def snapshot(urls: dict[str, str], out_dir: str | Path, timeout: float = 5.0) ->
     return results
 
 
-__all__ = ["ScrapeResult", "fetch_text", "snapshot"]
+__all__ = ["MAX_BYTES", "ScrapeError", "ScrapeResult", "fetch_text", "snapshot"]

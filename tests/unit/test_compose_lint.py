@@ -233,8 +233,23 @@ def test_gpu_profiles_use_the_engine_images_and_mount_the_model_cache(services):
             assert svc["image"].startswith(("${VLLM_IMAGE", "${SGLANG_IMAGE")), svc["image"]
             if eng.role is Role.KVPOOL:  # the pool server reads no model
                 continue
-            assert any(v.endswith("/root/.cache/huggingface") for v in svc["volumes"])
+            # the models only (hub/), never the cache root where the login token file lives
+            assert "${MODEL_CACHE_DIR:-~/.cache/huggingface}/hub:/root/.cache/huggingface/hub:${MODEL_CACHE_MODE:-rw}" \
+                in svc["volumes"]
+            assert not any(v.split(":")[1] == "/root/.cache/huggingface" for v in svc["volumes"])
             assert svc["environment"]["HF_TOKEN"] == "${HF_TOKEN:-}"
+
+
+def test_only_real_engines_get_the_token(services):
+    """Emulated engines, routers, pools and Locust need no token and get none."""
+    for name, svc in services.items():
+        env = svc.get("environment") or {}
+        if "HF_TOKEN" in env:
+            assert svc["image"].startswith(("${VLLM_IMAGE", "${SGLANG_IMAGE", "${VLLM_CPU_IMAGE")), name  # real engines
+            assert svc["labels"]["pdsuite.role"] not in ("router", "kvpool", "load"), name
+        for v in svc.get("volumes", []):
+            if "MODEL_CACHE_DIR" in v and not svc["image"].startswith(("${VLLM_IMAGE", "${SGLANG_IMAGE")):
+                assert v.endswith(":ro"), f"{name} mounts the model cache writable"
 
 
 def test_locust_profile(services):

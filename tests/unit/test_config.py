@@ -20,9 +20,10 @@ def one_line(e: pytest.ExceptionInfo) -> str:
     return msg
 
 
-def test_defaults_load_without_env_file(tmp_path):
-    s = load_settings(tmp_path / "missing.env", environ={})
-    assert s == Settings()
+def test_defaults_load_without_env_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the default .env may be absent
+    s = load_settings(environ={})
+    assert s == Settings() == load_settings(None, environ={})
     assert (s.PREFILL_GPU, s.DECODE_GPU, s.BIND_ADDRESS) == (0, 1, "127.0.0.1")
 
 
@@ -88,3 +89,23 @@ def test_env_example_lists_every_setting_with_its_default():
     keys = dict(ln.split("=", 1) for ln in lines)
     assert set(keys) == set(Settings.model_fields)
     assert keys["VLLM_ROUTER_VERSION"] == "0.1.17" and keys["SGLANG_ROUTER_VERSION"] == "0.3.2"
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda d: d / "missing.env", "no such file"),
+    (lambda d: d, "not a file"),
+    (lambda d: (d / "bin.env").write_bytes(b"\xff\xfe\x00A=1") and d / "bin.env", "not a text file"),
+])
+def test_a_named_env_file_must_be_a_readable_text_file(tmp_path, make, message):
+    with pytest.raises(ConfigError, match=message):
+        load_settings(make(tmp_path), environ={})
+
+
+def test_a_token_in_env_file_is_refused_unless_allowed(tmp_path):
+    env = tmp_path / "t.env"
+    env.write_text("HF_TOKEN=hf_canary123\n")
+    with pytest.raises(ConfigError) as e:
+        load_settings(env, environ={})
+    assert "PDSUITE_ALLOW_TOKEN_IN_FILE" in str(e.value) and "hf_canary123" not in str(e.value)
+    assert load_settings(env, environ={"PDSUITE_ALLOW_TOKEN_IN_FILE": "1"}).HF_TOKEN == "hf_canary123"
+    assert load_settings(env, environ={"PDSUITE_ALLOW_TOKEN_IN_FILE": "1"}).public()["HF_TOKEN"] == "***"

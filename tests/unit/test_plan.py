@@ -94,3 +94,43 @@ def test_plan_settings_override_and_are_validated(tmp_path):
         load_plan(write(tmp_path, GOOD + "settings: {MAX_MODEL_LEN: 1}\n"), Settings())
     with pytest.raises(PlanError, match="NOPE"):
         load_plan(write(tmp_path, GOOD + "settings: {NOPE: 1}\n"), Settings())
+
+
+@pytest.mark.parametrize("extra, message", [
+    ("points: []\n", "points"),
+    ("points: [{label: ../../../../X}]\n", "must be one folder name"),
+    ("points: [{label: /tmp/X}]\n", "must be one folder name"),
+    ("warmup_requests: 1000000000000\n", "warmup_requests"),
+    ("point_timeout_s: .inf\n", "point_timeout_s: inf is not a finite number"),
+    ("settings: {HF_TOKEN: hf_x}\n", "PDSUITE_ALLOW_TOKEN_IN_FILE"),
+    ("liveness_timeout_s: 0\n", "liveness_timeout_s"),
+])
+def test_plans_refused_before_start(tmp_path, extra, message, monkeypatch):
+    monkeypatch.delenv("PDSUITE_ALLOW_TOKEN_IN_FILE", raising=False)
+    with pytest.raises(PlanError) as e:
+        load_plan(write(tmp_path, GOOD + extra), Settings())
+    assert message in str(e.value) and "\n" not in str(e.value)
+    assert "hf_x" not in str(e.value)
+
+
+@pytest.mark.parametrize("old, new, message", [
+    ("rate_rps: 2}, duration_s: 5", "rate_rps: 1e9}, duration_s: 1e5", "requests (rate x duration"),
+    ("rate_rps: 2}, duration_s: 5", "rate_rps: 2}, duration_s: 1e12", "longer than a week"),
+    ("rate_rps: 2}, duration_s: 5", "rate_rps: 0.01}, duration_s: 0.001", "has no requests"),
+    ("name: t", "name: '..'", "name"),
+])
+def test_schedules_and_names_refused_before_start(tmp_path, old, new, message):
+    text = GOOD.replace("points: [{arrival: {rate_rps: 1}}, {arrival: {rate_rps: 3}}]", "")
+    with pytest.raises(PlanError, match=message.replace("(", r"\(")):
+        load_plan(write(tmp_path, text.replace(old, new)), Settings())
+
+
+def test_auto_labels_are_folder_names():
+    assert point_label({"arrival": {"trace": "/data/x y.csv"}}) == "arrival.trace=_data_x_y.csv"
+    assert point_label({"label": "rate=2"}) == "rate=2"
+
+
+def test_secret_in_plan_allowed_by_opt_in_is_masked(tmp_path, monkeypatch):
+    monkeypatch.setenv("PDSUITE_ALLOW_TOKEN_IN_FILE", "1")
+    plan = load_plan(write(tmp_path, GOOD + "settings: {HF_TOKEN: hf_x}\n"), Settings())
+    assert plan.public_dump()["settings"]["HF_TOKEN"] == "***" and plan.settings["HF_TOKEN"] == "hf_x"

@@ -1,6 +1,7 @@
 """Runner: atomic points, resume after interruption, dead services and failed start-ups become failure records."""
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -97,7 +98,7 @@ def test_interrupt_keeps_finished_points_and_resume_runs_the_rest(tmp_path):
     assert sorted(points(out)) == ["emu-vllm-colocated/a/rep0", "emu-vllm-colocated/a/rep1"]
     assert not list(out.rglob("*.partial")), "an interrupted point must not look finished"
     assert FakeDriver.instances[-1].events[-1] == "down"
-    assert json.loads((out / "manifest.json").read_text())["status"] == "partial"
+    assert json.loads((out / "manifest.json").read_text())["status"] == "interrupted"
 
     FakeLoad.calls, FakeLoad.interrupt_on = 0, None
     state = run_plan(plan(), Settings(), tmp_path, backend="emu", driver_kind="fake", resume=out)
@@ -172,3 +173,69 @@ def test_compose_driver_ignores_exited_setup_checks_only(tmp_path, monkeypatch):
     monkeypatch.setattr("suite.runner.drivers.subprocess.run", fake_run)
     assert drv.dead() == ["sglang-disagg-kvpool-decode"]
     assert "label=pdsuite.deployment=sglang-disagg-kvpool" in seen[0]
+
+
+def test_a_label_that_leaves_out_is_refused_before_anything_is_written(tmp_path):
+    out = tmp_path / "results"
+    with pytest.raises(ValueError, match="outside"):
+        run_plan(plan(points=[{"label": "../../escaped"}]), Settings(), out, backend="emu", driver_kind="fake")
+    assert not out.exists() and not (tmp_path / "escaped").exists() and FakeLoad.calls == 0
+
+
+def test_watchdog_trips_on_a_silent_endpoint_and_on_a_dead_disk(tmp_path):
+    import socket
+
+    from suite.runner.liveness import Watchdog
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    tripped = []
+    with Watchdog(f"http://127.0.0.1:{closed}/health", tmp_path, 0.6, tripped.append, interval_s=0.1) as w:
+        time.sleep(1.5)
+    assert w.tripped and "did not answer for 0.6 s" in w.tripped and tripped == [w.tripped]
+
+    tripped.clear()
+    with Watchdog(f"http://127.0.0.1:{closed}/health", tmp_path / "gone", 0.6, tripped.append,
+                  interval_s=0.1) as w:
+        time.sleep(1.5)
+    assert tripped and len(tripped) == 1  # one reason (the first limit reached), one abort
+
+
+def test_watchdog_stays_quiet_while_answers_come(tmp_path):
+    from suite.runner.liveness import Watchdog, check_disk
+
+    assert check_disk(tmp_path) is None and not list(tmp_path.iterdir()), "the probe file is removed"
+    tripped = []
+    with Watchdog("http://127.0.0.1:9/health", tmp_path, 30, tripped.append, interval_s=0.05):
+        time.sleep(0.3)
+    assert not tripped, "a failure shorter than the limit is no failure"
+
+
+def test_an_unwritable_results_folder_mid_run_stops_with_one_line_and_resume_works(tmp_path, monkeypatch):
+    import errno
+
+    import suite.runner.run as run_mod
+
+    real = run_mod.write_json
+    calls = {"n": 0}
+
+    def flaky(path, data):
+        if path.name == "point.json":
+            calls["n"] += 1
+            if calls["n"] == 2:
+                raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        real(path, data)
+
+    monkeypatch.setattr(run_mod, "write_json", flaky)
+    state = run_plan(plan(deployments=["vllm-colocated"]), Settings(), tmp_path, backend="emu", driver_kind="fake")
+    assert state.fatal and state.fatal.startswith("cannot write results at ") and "Permission denied" in state.fatal
+    assert "--resume" in state.fatal and "\n" not in state.fatal
+    manifest = json.loads((state.out / "manifest.json").read_text())
+    assert manifest["fatal"] == state.fatal and manifest["status"] == "partial"
+    assert not list(state.out.rglob("*.partial")) and FakeDriver.instances[-1].events[-1] == "down"
+
+    monkeypatch.setattr(run_mod, "write_json", real)
+    state = run_plan(plan(deployments=["vllm-colocated"]), Settings(), tmp_path, backend="emu", driver_kind="fake",
+                     resume=state.out)
+    assert state.fatal is None and len(points(state.out)) == 4
