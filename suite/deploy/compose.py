@@ -102,6 +102,9 @@ def engine_service(fw: Framework, dep: Deployment, eng: Engine) -> dict:
             svc["entrypoint"] = fw.entrypoint
         setup = fw.setup_services(dep)
         depends = {dep.service(n): {"condition": "service_completed_successfully"} for n in setup} | pool
+        engines = dep.model_engines
+        if dep.shared_gpu and eng != engines[0]:  # one GPU: start after the engine before it (gpu_waves says why)
+            depends[dep.service(engines[engines.index(eng) - 1].name)] = {"condition": "service_healthy"}
         if depends:
             svc["depends_on"] = depends
     svc["command"] = command(fw.engine_args(dep, eng))

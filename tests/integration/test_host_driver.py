@@ -120,3 +120,25 @@ def test_root_cause_prefers_known_patterns_then_last_exception():
     assert hostenv.root_cause(log, (r"NIXL is not available",)) == "NIXL is not available"
     assert hostenv.root_cause("a\nValueError: bad max_model_len\nRuntimeError: Engine core initialization failed. "
                               "See root cause above.\n") == "ValueError: bad max_model_len"
+
+
+def test_root_cause_of_a_real_vllm_start_failure():
+    """vLLM 0.26 on an H200: the decode engine of a one-GPU P/D pair, started while the prefill engine profiled the
+    same GPU. The optional nixl_ep import fails as a WARNING first; the cause is the KV-cache sizing error."""
+    from suite.frameworks.base import get as framework
+
+    log = (FAKE.parent / "vllm-0.26-h200" / "disagg-1gpu-decode-start-failure.log").read_text()
+    cause = hostenv.root_cause(log, framework("vllm").failure_patterns)
+    assert cause.startswith("ValueError: No available memory for the cache blocks")
+
+
+def test_engines_sharing_a_gpu_start_one_after_another(prefix):
+    from suite.runner.drivers import gpu_waves
+
+    d = HostDriver(get("vllm-disagg-1gpu"), settings_for(prefix), prefix / "logs")
+    plan = d.services_argv()
+    engines = [n for n, (_, _, role) in plan.items() if role in ("prefill", "decode")]
+    assert gpu_waves(engines, plan) == [["vllm-disagg-1gpu-prefill"], ["vllm-disagg-1gpu-decode"]]
+    two = HostDriver(get("vllm-disagg"), settings_for(prefix), prefix / "logs").services_argv()
+    pd = [n for n, (_, _, role) in two.items() if role in ("prefill", "decode")]
+    assert gpu_waves(pd, two) == [pd]  # one GPU each: both start at once
