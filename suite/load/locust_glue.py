@@ -269,8 +269,11 @@ class _Worker:
         wave is only sends (64 connects and prompts in a row would delay the last stream by ~20 ms)."""
         s = self.spec
         c = s.arrival.concurrency
-        n = c // self.count + (self.index < c % self.count)
-        self.counter = iter(range(self.index, 1 << 62, self.count))
+        # streams are dealt round robin; only workers that hold a stream draw requests (concurrency 1 on two
+        # workers: the second would hold half of num_requests and never send them)
+        active = min(self.count, c)
+        n = (c // active + (self.index < c % active)) if self.index < active else 0
+        self.counter = iter(range(self.index, 1 << 62, active) if n else ())
         self.first = [p for p in (self._build_next() for _ in range(n)) if p is not None]
         warm = []
         try:
