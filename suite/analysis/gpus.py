@@ -34,7 +34,7 @@ TABLE: list[tuple[str, GpuPeak]] = [
     ("l4", GpuPeak("L4", 121 * _T, 0.3 * _TB, 24 * _GB, "NVIDIA L4 datasheet")),
 ]
 # emulator hardware profiles (suite/emulator/hardware.py) -> the GPU they stand in for
-EMULATED = {"h100": "h100"}
+EMULATED = {"h100": "h100", "h200": "h200"}
 
 
 def lookup(nvml_name: str) -> GpuPeak | None:

@@ -25,6 +25,8 @@ def register(app: typer.Typer) -> None:
         spin_us: float = typer.Option(1500, min=0, help="Busy-wait this long before each step end (precision)."),
         kv_pool: str = typer.Option("", help="Shared KV pool URL (disagg-kvpool prefill): look prefixes up there."),
         kv_pool_block: int = typer.Option(256, min=1, help="Tokens per pool block (LMCache chunk / SGLang page)."),
+        prefix_cache_block: int = typer.Option(0, min=0, help="GPU prefix cache in blocks of N tokens (vLLM's "
+                                                "default: on, 16); 0 = off."),
         kv_pool_capacity_gb: float = typer.Option(8.0, min=0.001, help="--role kvpool: pool capacity in GB."),
         otlp_traces_endpoint: str = typer.Option("", help="vLLM flavour: export vLLM's request spans (OTLP/HTTP "
                                                   "protobuf) to this URL, e.g. http://127.0.0.1:4318/v1/traces."),
@@ -90,7 +92,7 @@ def register(app: typer.Typer) -> None:
                              kv_port=kv_port or None, bootstrap_port=bootstrap_port or None,
                              token_budget=token_budget, max_num_seqs=max_num_seqs, max_model_len=max_model_len,
                              kv_timeout=kv_timeout, spin_s=spin_us * 1e-6, kv_pool=kv_pool or None,
-                             kv_pool_block=kv_pool_block,
+                             kv_pool_block=kv_pool_block, prefix_cache_block=prefix_cache_block,
                              otlp_traces_endpoint=otlp_traces_endpoint if tracing == "on" else None)
         try:
             import uvloop

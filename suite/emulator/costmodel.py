@@ -40,9 +40,10 @@ class CostModel:
             return 0.0
         # The floor was measured for 128..1024-token prompts; below 128 tokens scale it down (a 1-token
         # "prefill", e.g. vLLM D recomputing the last prompt token, costs about a decode token).
-        floor = self.hw.prefill_floor_s * min(1.0, tokens / FLOOR_TOKENS)
+        scale = min(1.0, tokens / FLOOR_TOKENS)
         flops = sum(self.model.prefill_flops(t, c) for t, c in chunks if t > 0)
-        return max(floor, flops / (self.hw.flops * self._speedup))
+        return self.hw.prefill_fixed_s * scale + max(self.hw.prefill_floor_s * scale,
+                                                     flops / (self.hw.flops * self._speedup))
 
     def decode_s(self, batch: int, context_tokens: int) -> float:
         """Memory time of one decode step for `batch` sequences holding `context_tokens` tokens in total."""

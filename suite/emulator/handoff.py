@@ -37,6 +37,7 @@ class Plan:
     finish: Callable[[float], Awaitable[dict]] | None = None  # after the engine finished: extra response fields
     external_queries: int = 0  # prompt tokens a KV connector was asked about (vLLM external_prefix_cache_*)
     external_hits: int = 0  # of those, tokens it supplied (NIXL hand-off on D, the shared pool on P)
+    cache_hits: int = 0  # prompt tokens found in this engine's GPU prefix cache (vllm:prefix_cache_hits)
     pool_hits: int = 0  # prompt tokens loaded from the shared KV pool (SGLang cached_tokens{cache_source=storage})
 
 

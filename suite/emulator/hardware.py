@@ -26,6 +26,9 @@ class Hardware:
     # shared CPU KV pool (disagg-kvpool): host -> GPU bytes/s for prefix KV loaded from the pool (plus
     # xfer_latency_s per load). Default: PCIe Gen5 x16, 64 GB/s per direction (spec, not measured).
     pool_bw: float = 64e9
+    # fixed cost of a step with prefill tokens, on top of the compute term (scaled down below 128 tokens like the
+    # floor): kernels a CUDA-graphed decode step does not launch. Measured on vLLM 0.26 / H200 (docs/emulator.md).
+    prefill_fixed_s: float = 0.0
 
 
 PROFILES: dict[str, Hardware] = {
@@ -34,6 +37,12 @@ PROFILES: dict[str, Hardware] = {
     "h100": Hardware(name="h100", flops=530e12, mem_bw=3.35e12 * 0.85, mem_bytes=80e9, mem_fraction=0.85,
                      step_overhead_s=1.5e-3, prefill_floor_s=0.032, tp_efficiency=0.9, allreduce_latency_s=18e-6,
                      link_bw=368e9, xfer_latency_s=0.1e-3, xfer_per_layer_s=2 * 17e-6),
+    # H200 141GB, fitted to vLLM 0.26.0 on one H200 (Llama-3.1-8B shape, CUDA graphs, 2026-12-02):
+    # bench/emulator_calibration.py -> docs/data/emulator-h200-fit.json (flops, mem_bw, step_overhead_s,
+    # prefill_fixed_s); the rest as h100 (same NVLink 4). tests/unit/test_emulator_h200.py keeps them in step.
+    "h200": Hardware(name="h200", flops=715.6e12, mem_bw=3.215e12, mem_bytes=141e9, mem_fraction=0.85,
+                     step_overhead_s=0.32e-3, prefill_floor_s=0.0, prefill_fixed_s=7.87e-3, tp_efficiency=0.9,
+                     allreduce_latency_s=18e-6, link_bw=368e9, xfer_latency_s=0.1e-3, xfer_per_layer_s=2 * 17e-6),
     # A fast, tiny profile for tests and demos on CPUs: steps of ~1-2 ms with the tiny-llama config.
     "cpu-tiny": Hardware(name="cpu-tiny", flops=2e11, mem_bw=2e10, mem_bytes=4e9, mem_fraction=0.5,
                          step_overhead_s=1e-3, prefill_floor_s=0.0, tp_efficiency=0.9, allreduce_latency_s=20e-6,

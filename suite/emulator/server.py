@@ -14,7 +14,7 @@ from aiohttp import web
 from suite.emulator.costmodel import CostModel
 from suite.emulator.engine import Engine
 from suite.emulator.handoff import HANDOFFS, Plan
-from suite.emulator.kvpool import PoolClient, block_hashes
+from suite.emulator.kvpool import PoolClient, PoolStore, block_hashes
 from suite.emulator.metrics import EmuMetrics
 from suite.emulator.protocol import ApiError, Parsed, Responder, error_body, parse_request, prompt_units
 from suite.emulator.scheduler import Scheduler, SimRequest, Step
@@ -61,7 +61,8 @@ class EmulatorServer:
                  hardware: str, tp: int = 1, kv_port: int | None = None, bootstrap_port: int | None = None,
                  token_budget: int = 8192, max_num_seqs: int = 1024, max_model_len: int = 131072,
                  kv_timeout: float = 60.0, kv_hold_s: float = 480.0, spin_s: float = 1.5e-3,
-                 kv_pool: str | None = None, kv_pool_block: int = 256, otlp_traces_endpoint: str | None = None) -> None:
+                 kv_pool: str | None = None, kv_pool_block: int = 256, prefix_cache_block: int = 0,
+                 otlp_traces_endpoint: str | None = None) -> None:
         self.fw, self.role, self.cost = fw, role, cost
         self.host, self.port, self.model, self.hardware, self.tp = host, port, model, hardware, tp
         self.kv_port, self.bootstrap_port = kv_port, bootstrap_port
@@ -74,6 +75,11 @@ class EmulatorServer:
         # shared KV pool (disagg-kvpool): the prefill engine looks prefixes up there and stores its blocks
         self.pool = PoolClient(kv_pool, kv_pool_block) if kv_pool else None
         self._pool_tasks: set[asyncio.Task] = set()
+        # GPU prefix cache (vLLM's automatic prefix caching): full blocks of computed prompts, LRU, bounded by the
+        # KV cache (blocks in use are not pinned: an approximation that only matters near a full cache)
+        self.prefix_block = prefix_cache_block
+        self.gpu_cache = PoolStore(cost.kv_capacity_tokens() * cost.model.kv_bytes_per_token()) \
+            if prefix_cache_block else None
         self._ids = itertools.count()
         self.otlp_traces_endpoint = otlp_traces_endpoint
         self.spans = None  # SpanEmitter once started (vLLM flavour with an endpoint): the spans vLLM emits
@@ -207,6 +213,7 @@ class EmulatorServer:
             plan = await self.handoff.prepare(p, rid)
         except ApiError as e:
             return self._error(e)
+        cached = self._prefix_lookup(p, plan) if self.gpu_cache is not None else None
         hashes = await self._pool_lookup(p, plan) if self.pool else None
         max_tokens = plan.max_tokens or p.max_tokens
         stream = p.stream and plan.finish is None  # P answers the router non-streaming, with its hand-off
@@ -238,6 +245,8 @@ class EmulatorServer:
             return self._error(ApiError(str(e)))
         try:
             await done
+            if cached:  # the prompt's full blocks stay in the GPU cache for later requests
+                self.gpu_cache.store(cached, self.cost.transfer_bytes(self.prefix_block))
             if hashes:  # prefill done: its full blocks go to the pool, off the response path
                 t = asyncio.ensure_future(self.pool.store(hashes, self.cost.transfer_bytes(self.pool.block)))
                 self._pool_tasks.add(t)
@@ -258,6 +267,19 @@ class EmulatorServer:
             return web.json_response(resp_builder.full(req.generated, extra), dumps=lambda o: orjson.dumps(o).decode())
         await resp.write_eof()  # usage and [DONE] went out with the last token
         return resp
+
+    def _prefix_lookup(self, p: Parsed, plan: Plan) -> list[str] | None:
+        """vLLM's prefix cache: the longest cached block-aligned prefix of the prompt's first prompt-1 tokens is
+        not computed (the last token always is: its logits are needed). Not on D: its prompt KV comes from P."""
+        if self.role is Role.DECODE or plan.remote_kv:
+            return None
+        hashes = block_hashes(prompt_units(p), self.prefix_block)  # chained: a prefix's hashes are a prefix
+        hit = self.gpu_cache.lookup(hashes[:(p.prompt_tokens - 1) // self.prefix_block]) * self.prefix_block
+        if hit:
+            plan.remote_kv = hit
+            plan.cache_hits = hit
+            plan.sources = {"local_compute": p.prompt_tokens - hit, "local_cache_hit": hit}
+        return hashes
 
     async def _pool_lookup(self, p: Parsed, plan: Plan) -> list[str] | None:
         """Prefill side of the shared pool: the longest stored block-aligned prefix is loaded at the modelled pool
@@ -305,6 +327,8 @@ class EmulatorServer:
         m.inc("num_requests", 1, **lab)
         m.inc("request_success", 1, **lab)
         m.inc("prefix_cache_queries", r.prompt)
+        if plan.cache_hits:
+            m.inc("prefix_cache_hits", plan.cache_hits)
         for source, n in (plan.sources or {"local_compute": r.prompt}).items():
             m.inc("prompt_tokens_by_source", n, source=source)
         if plan.external_queries:  # vLLM counts connector lookups; hits of uninstrumented connectors as unspecified

@@ -216,6 +216,8 @@ class VLLM(Framework):
             args += ["--kv-port", f"${{{NIXL_PORT[eng.index]}}}"]
         if dep.kvpool is not None and eng.role is Role.PREFILL:
             args += ["--kv-pool", url(dep.kvpool.port_var), "--kv-pool-block", str(LMCACHE_CHUNK)]
+        elif eng.role is not Role.DECODE:  # vLLM's automatic prefix caching (on by default, 16-token blocks)
+            args += ["--prefix-cache-block", str(self.emulator_block_size)]
         return args
 
     def max_model_len(self, dep: Deployment, settings) -> int:
