@@ -140,7 +140,7 @@ def compare(real: Path, emu: Path) -> dict:
         row["target"] = label.startswith("len=")  # the 10% targets: TTFT and ITL p50 of the length sweep
         rows.append(row)
     targets = [r for r in rows if r["target"]]
-    ok = all(abs(r[k]["rel_err"]) <= TOLERANCE for r in targets for k in ("ttft_p50_s", "itl_p50_s"))
+    ok = all(k in r and abs(r[k]["rel_err"]) <= TOLERANCE for r in targets for k in ("ttft_p50_s", "itl_p50_s"))
     return {"schema": "pdsuite.emulator-vs-real/1", "real": r_dep.name, "emulated": e_dep.name,
             "tolerance": TOLERANCE, "all_within_tolerance": ok, "points": rows}
 
@@ -148,10 +148,13 @@ def compare(real: Path, emu: Path) -> dict:
 def table(cmp: dict) -> str:
     lines = ["| point | TTFT p50 real ms | TTFT p50 emulated ms | err | ITL p50 real ms | ITL p50 emulated ms | err |",
              "|---|---|---|---|---|---|---|"]
+    def cells(v: dict | None, digits: int) -> str:
+        if not v:
+            return "- | - | -"
+        return f"{v['real'] * 1e3:.{digits}f} | {v['emulated'] * 1e3:.{digits}f} | {v['rel_err']:+.1%}"
+
     for r in cmp["points"]:
-        t, i = r["ttft_p50_s"], r["itl_p50_s"]
-        lines.append(f"| {r['point']} | {t['real'] * 1e3:.1f} | {t['emulated'] * 1e3:.1f} | {t['rel_err']:+.1%} | "
-                     f"{i['real'] * 1e3:.2f} | {i['emulated'] * 1e3:.2f} | {i['rel_err']:+.1%} |")
+        lines.append(f"| {r['point']} | {cells(r.get('ttft_p50_s'), 1)} | {cells(r.get('itl_p50_s'), 2)} |")
     return "\n".join(lines)
 
 

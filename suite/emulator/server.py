@@ -14,7 +14,7 @@ from aiohttp import web
 from suite.emulator.costmodel import CostModel
 from suite.emulator.engine import Engine
 from suite.emulator.handoff import HANDOFFS, Plan
-from suite.emulator.kvpool import PoolClient, PoolStore, block_hashes
+from suite.emulator.kvpool import PoolClient, PoolStore, block_hashes, local_block_keys
 from suite.emulator.metrics import EmuMetrics
 from suite.emulator.protocol import ApiError, Parsed, Responder, error_body, parse_request, prompt_units
 from suite.emulator.scheduler import Scheduler, SimRequest, Step
@@ -268,12 +268,12 @@ class EmulatorServer:
         await resp.write_eof()  # usage and [DONE] went out with the last token
         return resp
 
-    def _prefix_lookup(self, p: Parsed, plan: Plan) -> list[str] | None:
+    def _prefix_lookup(self, p: Parsed, plan: Plan) -> list[int] | None:
         """vLLM's prefix cache: the longest cached block-aligned prefix of the prompt's first prompt-1 tokens is
         not computed (the last token always is: its logits are needed). Not on D: its prompt KV comes from P."""
         if self.role is Role.DECODE or plan.remote_kv:
             return None
-        hashes = block_hashes(prompt_units(p), self.prefix_block)  # chained: a prefix's hashes are a prefix
+        hashes = local_block_keys(prompt_units(p), self.prefix_block)  # chained: a prefix's hashes are a prefix
         hit = self.gpu_cache.lookup(hashes[:(p.prompt_tokens - 1) // self.prefix_block]) * self.prefix_block
         if hit:
             plan.remote_kv = hit
