@@ -1,7 +1,8 @@
 """First-principles bounds for each request class, and how close the measured times came to them.
 
 - prefill: the forward FLOPs of the prompt (suite/modelcfg ModelSize.prefill_flops: 2 x active params per token +
-  causal attention) at the GPU's peak dense BF16 rate (x TP ranks) is the least time the prefill can take;
+  causal attention; the LM head only for the last token, as engines compute it) at the GPU's peak dense BF16
+  rate (x TP ranks) is the least time the prefill can take;
   achieved fraction = that bound / the measured prefill compute time.
 - decode: one step reads the active weights once plus the KV of every sequence in the batch
   (ModelSize.decode_bytes); at peak HBM bandwidth (x TP ranks) that is the least step time; achieved fraction =
@@ -49,7 +50,9 @@ def class_roofline(m, gpu: GpuPeak, *, tp: int, request_class: str, prompt_token
                    prefill_measured_s: float | None, itl_measured_s: float | None, decode_batch: float,
                    link_bps: float | None = None, kv_measured_s: float | None = None,
                    kv_dtype: str = "auto") -> ClassRoofline:
-    flops = m.prefill_flops(round(prompt_tokens))
+    # engines compute logits for the prompt's last token only: the LM head runs once, not per prompt token
+    tokens = round(prompt_tokens)
+    flops = m.prefill_flops(tokens) - 2.0 * m.vocab * m.hidden * max(0, tokens - 1)
     pre_bound = flops / (gpu.bf16_flops * tp)
     batch = max(1.0, decode_batch)
     context = prompt_tokens + output_tokens / 2

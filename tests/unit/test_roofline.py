@@ -26,7 +26,8 @@ def test_llama_8b_on_h200_by_hand():
     r = class_roofline(m, gpu, tp=1, request_class="long", prompt_tokens=4096, output_tokens=256,
                        prefill_measured_s=0.2, itl_measured_s=0.01, decode_batch=1, link_bps=100e9,
                        kv_measured_s=0.01)
-    linear = 2 * m.params_active * 4096
+    # 2 FLOP per active parameter per token, except the LM head: logits for the last prompt token only
+    linear = 2 * m.params_active * 4096 - 2 * m.vocab * m.hidden * 4095
     attn = 4 * m.layers * m.heads * m.head_dim * 4096 * 4097 / 2
     assert r.prefill_flops == pytest.approx(linear + attn)
     assert r.prefill_bound_s == pytest.approx((linear + attn) / 989e12)
