@@ -16,12 +16,12 @@ from __future__ import annotations
 import argparse
 import glob
 import json
-import re
 import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from prometheus_client.parser import text_string_to_metric_families
 
 from suite.modelcfg import load as load_model
 
@@ -46,19 +46,20 @@ def _requests(point: Path) -> pd.DataFrame:
 
 
 def _counter(prom: str, source: str) -> float:
-    m = re.search(r'^vllm:prompt_tokens_by_source_total\{[^}]*source="%s"[^}]*\} (\S+)$' % source, prom, re.M)
-    return float(m.group(1)) if m else 0.0
+    """vllm:prompt_tokens_by_source_total{source=...} from a scrape (prometheus_client's own parser)."""
+    return sum(s.value for fam in text_string_to_metric_families(prom) for s in fam.samples
+               if s.name == "vllm:prompt_tokens_by_source_total" and s.labels.get("source") == source)
 
 
 def point_stats(point: Path) -> dict:
     df = _requests(point)
     ok = df[df.status == "ok"]
     itl = np.concatenate([np.diff(np.asarray(t, dtype=float)) for t in ok.token_times_s if len(t) > 1])
-    out = {"requests": int(len(df)), "ok": int(len(ok)), "ttft_p50_s": float(ok.ttft_s.median()),
-           "itl_p50_s": float(np.median(itl)), "itl_samples": int(len(itl)),
+    out = {"requests": len(df), "ok": len(ok), "ttft_p50_s": float(ok.ttft_s.median()),
+           "itl_p50_s": float(np.median(itl)), "itl_samples": len(itl),
            "duration_s": None, "out_tok_per_s": None}
     spans = [json.loads(line)["attributes"] for f in sorted(glob.glob(str(point / "rep*" / "spans.jsonl")))
-             for line in open(f) if line.strip()]
+             for line in Path(f).read_text().splitlines() if line.strip()]
     ttft = [a["gen_ai.latency.time_to_first_token"] for a in spans if "gen_ai.latency.time_to_first_token" in a]
     out["server_ttft_p50_s"] = float(np.median(ttft)) if ttft else None
     computed = cached = 0.0

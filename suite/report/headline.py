@@ -31,7 +31,8 @@ FEW_NOTE = (f"{DAGGER} rests on too few samples per repetition (p99: fewer than 
 EMULATOR_LIMITS = ("The emulator does not model framework differences: the vLLM and SGLang flavours share one cost "
                    "model (same step times, batching and KV transfer), so a vLLM-vs-SGLang gap here comes only from "
                    "the real routers and HTTP paths, not from the engines. Nor does it model SGLang's GPU prefix cache "
-                   "(vLLM's is modelled), preemption, speculative decoding or CUDA graphs; TP=2 is a fixed all-reduce cost per step.")
+                   "(vLLM's is modelled), preemption, speculative decoding or CUDA graphs; TP=2 is a fixed all-reduce "
+                   "cost per step.")
 
 
 def pair_reps(ka: list[tuple[int, int | None]], kb: list[tuple[int, int | None]]) -> list[tuple[int, int]]:

@@ -33,3 +33,13 @@ def test_cost_model_reproduces_the_measured_point(point):
     # batch-1 decode step at the mean context of the 32 output tokens
     itl = cost.step_s([], 1, prompt + 16)
     assert itl == pytest.approx(m["itl_p50_s"], rel=0.02)
+
+
+def test_prefix_cache_keys_chain_so_a_prefix_matches_only_with_its_whole_prefix():
+    from suite.emulator.kvpool import PoolStore, local_block_keys
+
+    a = list(range(100))
+    store = PoolStore(1e9)
+    store.store(local_block_keys(a, 16), 1)
+    assert store.lookup(local_block_keys(a[:64] + [7] * 40, 16)) == 4  # shares 64 tokens = 4 blocks
+    assert store.lookup(local_block_keys([7, *a[1:]], 16)) == 0  # first block differs: nothing after it matches
