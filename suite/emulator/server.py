@@ -222,7 +222,9 @@ class EmulatorServer:
         done: asyncio.Future = loop.create_future()
         now = time.monotonic()
         req = SimRequest(rid=rid, prompt=p.prompt_tokens, max_tokens=max_tokens, arrival=arrival,
-                         ready_at=now + plan.ready_delay, remote_kv=plan.remote_kv,
+                         # nothing in flight: schedulable from arrival (an idle engine backdates its step to it);
+                         # a hand-off or pool load is modelled from now, after the real claim round trip
+                         ready_at=now + plan.ready_delay if plan.ready_delay else arrival, remote_kv=plan.remote_kv,
                          on_finish=lambda r: done.done() or done.set_result(r))
         resp: web.StreamResponse | None = None
         if stream:
