@@ -1,6 +1,7 @@
 """Fit the emulator's `h200` hardware profile to a real run of plans/one-gpu.yaml, and compare an emulated replay.
 
   python bench/emulator_calibration.py fit RESULTS_DIR [--out docs/data/emulator-h200-fit.json]
+  python bench/emulator_calibration.py replay REAL_DIR [--out results]     (EMU_HARDWARE=h200, --driver host)
   python bench/emulator_calibration.py compare REAL_DIR EMU_DIR [--json ...] [--figure ...]
 
 RESULTS_DIR / REAL_DIR / EMU_DIR: one run's folder (results/one-gpu/<stamp>). The fit reads the co-located
@@ -126,6 +127,40 @@ def fit(run: Path) -> dict:
     }
 
 
+def recorded_seeds(run: Path) -> dict[tuple[str, int], int]:
+    """(point label, repetition) -> the load seed the recorded run used (its point.json)."""
+    out = {}
+    for f in _dep_dir(run, emulated=False).glob("*/rep*/point.json"):
+        d = json.loads(f.read_text())
+        out[(d["point"], int(d["repetition"]))] = int(d["workload"]["seed"])
+    return out
+
+
+def replay(real: Path, out: Path) -> int:
+    """`pdsuite run plans/one-gpu.yaml --backend emu` of the recorded points with the recorded run's load seeds, so
+    the emulated engine gets the very prompts the real one got (and the same prefix-cache hits: runs made before
+    the load generator seeded every point separately shared prompt heads between points)."""
+    import suite.plan
+    from suite import cli
+
+    seeds = recorded_seeds(real)
+    own = suite.plan.repetition_spec
+
+    def recorded(spec: dict, rep: int, point: str = "") -> dict:
+        seed = seeds.get((point, rep))
+        return own(spec, rep, point) if seed is None else spec | {"seed": seed}
+
+    suite.plan.repetition_spec = recorded  # the runner imports it at call time
+    points = [a for p in [f"len={n}" for n in LENGTHS] + list(BATCH_POINTS) for a in ("--point", p)]
+    sys.argv = ["pdsuite", "run", "plans/one-gpu.yaml", "--backend", "emu", "--driver", "host",
+                "--deployment", REAL_DEP, *points, "--out", str(out)]
+    try:
+        cli.main()
+    except SystemExit as e:
+        return int(e.code or 0)
+    return 0
+
+
 def compare(real: Path, emu: Path) -> dict:
     r_dep, e_dep = _dep_dir(real, emulated=False), _dep_dir(emu, emulated=True)
     rows = []
@@ -138,10 +173,13 @@ def compare(real: Path, emu: Path) -> dict:
             if r[k] and e[k]:
                 row[k] = {"real": r[k], "emulated": e[k], "rel_err": e[k] / r[k] - 1}
         row["cached_per_request"] = {"real": r["cached_per_request"], "emulated": e["cached_per_request"]}
+        # same prompts, same prefix-cache hits: otherwise the two engines did different work (not comparable)
+        row["same_work"] = abs(r["cached_per_request"] - e["cached_per_request"]) < 16
         row["target"] = label.startswith("len=")  # the 10% targets: TTFT and ITL p50 of the length sweep
         rows.append(row)
     targets = [r for r in rows if r["target"]]
-    ok = all(k in r and abs(r[k]["rel_err"]) <= TOLERANCE for r in targets for k in ("ttft_p50_s", "itl_p50_s"))
+    ok = all(r["same_work"] and all(k in r and abs(r[k]["rel_err"]) <= TOLERANCE for k in ("ttft_p50_s", "itl_p50_s"))
+             for r in targets)
     return {"schema": "pdsuite.emulator-vs-real/1", "real": r_dep.name, "emulated": e_dep.name,
             "tolerance": TOLERANCE, "all_within_tolerance": ok, "points": rows}
 
@@ -190,13 +228,17 @@ def main() -> int:
     f = sub.add_parser("fit")
     f.add_argument("results", type=Path)
     f.add_argument("--out", type=Path, default=Path("docs/data/emulator-h200-fit.json"))
+    rp = sub.add_parser("replay")
+    rp.add_argument("real", type=Path)
+    rp.add_argument("--out", type=Path, default=Path("results"))
     c = sub.add_parser("compare")
     c.add_argument("real", type=Path)
     c.add_argument("emu", type=Path)
     c.add_argument("--json", type=Path, default=Path("docs/data/emulator-h200-vs-real.json"))
     c.add_argument("--figure", type=Path, default=Path("docs/figures/emulator-h200-vs-real.png"))
     a = ap.parse_args()
-    for p in [a.results] if a.cmd == "fit" else [a.real, a.emu]:
+    for p in {"fit": [getattr(a, "results", None)], "replay": [getattr(a, "real", None)]}.get(
+            a.cmd, [getattr(a, "real", None), getattr(a, "emu", None)]):
         if not (p / "manifest.json").is_file():
             print(f"emulator_calibration: error: {p} is not a run folder (no manifest.json)", file=sys.stderr)
             return 2
@@ -208,10 +250,17 @@ def main() -> int:
             print(f"{k}: TTFT {v['server_ttft_s'] * 1e3:.1f} -> {v['model_ttft_s'] * 1e3:.1f} ms, "
                   f"ITL {v['itl_s'] * 1e3:.2f} -> {v['model_itl_s'] * 1e3:.2f} ms")
         return 0
+    if a.cmd == "replay":
+        return replay(a.real, a.out)
     cmp = compare(a.real, a.emu)
     a.json.write_text(json.dumps(cmp, indent=1) + "\n")
     figure(cmp, a.figure)
     print(table(cmp))
+    for r in cmp["points"]:
+        if not r["same_work"]:
+            c = r["cached_per_request"]
+            print(f"{r['point']}: NOT COMPARABLE - prefix-cache hits per request real {c['real']:.0f}, emulated "
+                  f"{c['emulated']:.0f} (different prompts: replay with the `replay` command)")
     print("all TTFT/ITL p50 of the length sweep within 10%:", cmp["all_within_tolerance"])
     return 0 if cmp["all_within_tolerance"] else 1
 
