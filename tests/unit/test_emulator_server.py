@@ -179,3 +179,21 @@ def test_cli_rejects_unknown_flavor_role_and_config():
                       (["--model-config", "nope"], "no model config"), (["--hardware", "tpu"], "hardware")):
         r = CliRunner().invoke(app, ["emulate", *args])
         assert r.exit_code == 2 and msg in r.output, r.output
+
+
+def test_vllm_prefix_cache_serves_a_repeated_prompt_head():
+    async def go():
+        srv = make(prefix_cache_block=16)
+        async with TestServer(srv.app()) as ts, ClientSession() as s:
+            for prompt in (list(range(100)), list(range(64)) + [7] * 36, list(range(100))):
+                body = {"model": "tiny", "prompt": prompt, "max_tokens": 2}
+                async with s.post(ts.make_url("/v1/completions"), json=body) as r:
+                    assert r.status == 200
+            async with s.get(ts.make_url("/metrics")) as r:
+                text = await r.text()
+        # 1st: nothing cached; 2nd: its 64 shared tokens (4 blocks); 3rd: 96 of 100 (6 full blocks within 99)
+        assert 'vllm:prefix_cache_hits_total{engine="0",model_name="tiny"} 160.0' in text
+        assert 'vllm:prompt_tokens_by_source_total{engine="0",model_name="tiny",source="local_cache_hit"} 160.0' \
+            in text
+        assert 'vllm:prompt_tokens_by_source_total{engine="0",model_name="tiny",source="local_compute"} 140.0' in text
+    run(go())
