@@ -198,13 +198,18 @@ def report(tmp_path_factory):
 
 
 def test_report_on_real_tree(report):
-    ds, _, md = report
+    ds, t, md = report
     assert not ds.emulated and "EMULATED" not in md and len(ds.points) == 4 and len(ds.requests) == 24
     assert ("**SHARED GPU** (vllm-colocated-1gpu, vllm-disagg-1gpu): shows the P/D path and the transfer cost, "
             "not the isolation benefit of two GPUs") in md
     assert "vllm-disagg-1gpu (reported by the engines): vllm-disagg-1gpu-decode `0.26.0`, " \
            "vllm-disagg-1gpu-prefill `0.26.0`" in md
     assert "vllm-colocated-1gpu (reported by the engines): vllm-colocated-1gpu-engine `0.26.0`" in md
+    # P/D on the shared GPU is compared with the co-located engine on that GPU (as the headline does)
+    imp = t.improvement
+    assert set(zip(imp["deployment"], imp["baseline"], strict=True)) == {("vllm-disagg-1gpu", "vllm-colocated-1gpu")}
+    ttft = imp[imp["metric"] == "TTFT p50"].iloc[0]
+    assert ttft.significant and ttft.delta_pct > 500  # ~0.35 s of KV over tcp/lo against ~35 ms co-located
 
 
 def test_report_warns_tcp_fallback_from_real_nixl_metrics(report):
