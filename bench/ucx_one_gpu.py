@@ -19,6 +19,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -69,7 +70,10 @@ def main() -> int:
                     default=["(unset)", "all", "cuda_ipc,cuda_copy,sm,self,tcp", "cuda_ipc,cuda_copy,self"])
     a = ap.parse_args()
     out: dict = {}
-    ipc = run([sys.executable, "-c", IPC_CHILD])
+    with tempfile.TemporaryDirectory() as tmp:  # spawn re-imports __main__: the child must live in a file
+        script = Path(tmp) / "cuda_ipc_check.py"
+        script.write_text(IPC_CHILD)
+        ipc = run([sys.executable, str(script)])
     out["cuda_ipc_torch"] = {"ok": ipc.get("rc") == 0 and "sum 1048576.0" in ipc.get("stdout", ""),
                              **{k: v for k, v in ipc.items() if k != "stdout"}}
     ucx_info = shutil.which("ucx_info")

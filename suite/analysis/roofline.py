@@ -1,7 +1,8 @@
 """First-principles bounds for each request class, and how close the measured times came to them.
 
 - prefill: the forward FLOPs of the prompt (suite/modelcfg ModelSize.prefill_flops: 2 x active params per token +
-  causal attention; the LM head only for the last token, as engines compute it) at the GPU's peak dense BF16 rate (x TP ranks) is the least time the prefill can take;
+  causal attention; the LM head only for the last token, as engines compute it) at the GPU's peak dense BF16
+  rate (x TP ranks) is the least time the prefill can take;
   achieved fraction = that bound / the measured prefill compute time.
 - decode: one step reads the active weights once plus the KV of every sequence in the batch
   (ModelSize.decode_bytes); at peak HBM bandwidth (x TP ranks) that is the least step time; achieved fraction =

@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import math
 import re
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -86,17 +87,20 @@ class Plan(BaseModel):
         return data
 
 
-def repetition_seed(plan_seed: int, rep: int, purpose: int = 0) -> int:
+def repetition_seed(plan_seed: int, rep: int, purpose: int = 0, point: str = "") -> int:
     """The seed of repetition `rep` (purpose 1: the warm-up, whose prompts must not be any repetition's).
     A hash of (plan seed, rep) through numpy's SeedSequence: stable across runs and machines, and neighbouring
     repetitions share nothing (seed + rep would make repetition 1 of seed 1 repeat repetition 0 of seed 2)."""
-    state = np.random.SeedSequence([plan_seed, rep, purpose]).generate_state(2, np.uint32)
+    # the point's label too: points of one repetition must not share prompts, or the engines' prefix caches serve
+    # one point's prompts from another's (measured: half of every TTFT-vs-length prompt came from the cache)
+    words = [plan_seed, rep, purpose] + ([zlib.crc32(point.encode())] if point else [])
+    state = np.random.SeedSequence(words).generate_state(2, np.uint32)
     return (int(state[0]) << 31) ^ int(state[1])  # 63 bits: any LoadSpec seed
 
 
-def repetition_spec(spec: dict, rep: int) -> dict:
-    """A point's workload dict as repetition `rep` runs it: the same but for its own seed."""
-    return spec | {"seed": repetition_seed(int(spec.get("seed", 0)), rep)}
+def repetition_spec(spec: dict, rep: int, point: str = "") -> dict:
+    """A point's workload dict as repetition `rep` runs it: the same but for its own seed (per point label)."""
+    return spec | {"seed": repetition_seed(int(spec.get("seed", 0)), rep, point=point)}
 
 
 def warmup_seed(spec: dict) -> int:

@@ -305,12 +305,38 @@ def _server_metrics(rep: Path, pr: PointResult, pidx: int, b: _Builder) -> None:
         d = delta(before, after)
         for w in d.warnings:
             b.msg("warning", f"{prom}: {w}")
+        _cache_overlap(d.series, pr, service, rep, b)
         for s in d.series.values():
             b.metric_rows.append({"pidx": pidx, "service": service} | s.row())
             if s.kind == "histogram":
                 key = (pidx, s.name, s.role)
                 prev = b.hist.get(key)
                 b.hist[key] = s if prev is None else _merge_hist(prev, s)
+
+
+# Above this share of prompt tokens served from a prefix cache on a workload that asked for no shared prefix, the
+# prompts overlap and TTFT understates prefill (random prompts share no 16-token block by chance).
+CACHE_OVERLAP_WARN = 0.05
+
+
+def _cache_overlap(series: dict, pr: PointResult, service: str, rep: Path, b: _Builder) -> None:
+    """Warn when the engine served a workload's unshared prompts from its prefix cache."""
+    def total(name: str) -> float:
+        return sum(getattr(s, "value", 0.0) or 0.0 for s in series.values() if s.name == name)
+
+    cached, computed = total("prompt_tokens_cached"), total("prompt_tokens_computed")
+    if cached + computed <= 0 or pr.topology == "disagg-kvpool":
+        return
+    try:  # the point's load spec (a workload with a shared prefix is meant to hit the cache)
+        shared = json.loads((rep / "loadspec.json").read_text()[:1_000_000]).get("shared_prefix_tokens", 0)
+    except (OSError, ValueError, AttributeError):
+        shared = 0
+    if shared:
+        return
+    share = cached / (cached + computed)
+    if share > CACHE_OVERLAP_WARN:
+        b.msg("warning", f"{rep} ({service}): {share:.0%} of prompt tokens came from the prefix cache although the "
+                         "workload shares no prefix: the prompts overlap and TTFT understates prefill")
 
 
 def _merge_hist(a, s):

@@ -326,7 +326,7 @@ def _point_result(plan: Plan, settings: Settings, name: str, label: str, rep: in
 
     dep = get_deployment(name)
     try:
-        workload = LoadSpec(**repetition_spec(spec, rep)).to_workload()  # the seed this repetition ran with
+        workload = LoadSpec(**repetition_spec(spec, rep, label)).to_workload()  # the seed this repetition ran with
         workload.plan_seed = int(spec.get("seed", 0))
     except Exception:
         workload = Workload(arrival=str(spec.get("arrival", {}).get("kind", "?")))
@@ -379,7 +379,7 @@ def _run_point(plan: Plan, settings: Settings, driver: Driver, name: str, label:
         from suite.plan import repetition_spec
 
         # framework's prompt form, tokenizer; this repetition's own arrivals and prompts, the same on every deployment
-        load_spec = resolve_spec(LoadSpec(**repetition_spec(spec, rep)), name, settings)
+        load_spec = resolve_spec(LoadSpec(**repetition_spec(spec, rep, label)), name, settings)
         if tel:
             tel.point_start(tmp)
         t, t_wall = time.monotonic(), time.time()
