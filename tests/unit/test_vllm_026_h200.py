@@ -227,3 +227,10 @@ def test_report_client_vs_server_ttft_on_real_data(report):
     assert 0.02 < row.client_p50_s <= 0.04 and row.server_p50_bucket == "(0.02, 0.04]"
     assert "client p50 34.1 ms vs server bucket (0.02, 0.04] s" in md
     assert "vllm-disagg-1gpu len=2048 rep0: 2/3 ok requests, 1 spans unmatched, 1 without a full set of spans" in md
+
+
+def test_report_warns_that_overlapping_prompts_hit_the_prefix_cache(report):
+    """This run's prompts overlapped (one seed for every point of a repetition): vLLM served half of each 2048-token
+    prompt from its prefix cache. The report must say so, since TTFT then understates prefill."""
+    _, _, md = report
+    assert "50% of prompt tokens came from the prefix cache although the workload shares no prefix" in md
