@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
-# The one-GPU measurements in docs/gpu-h200.md, on a GPU host without Docker or registry access:
-# vLLM from the offline wheelhouse (scripts/wheelhouse.py), the suite's host driver, plans/one-gpu.yaml.
+# Real vLLM through the suite on a GPU host without Docker or registry access (docs/gpu-h200.md): vLLM from the
+# offline wheelhouse (scripts/wheelhouse.py), the host driver, dummy weights from the model's config.json.
 #
-#   bash bench/gpu_one_gpu.sh smoke     OUT   # install if needed; suite + Locust + router (emulated); UCX diagnosis
-#   bash bench/gpu_one_gpu.sh colocated OUT   # plans/one-gpu.yaml on vllm-colocated-1gpu (real vLLM)
-#   bash bench/gpu_one_gpu.sh disagg    OUT   # plans/one-gpu.yaml on vllm-disagg-1gpu (real vLLM, NIXL)
+#   bash bench/gpu_host_run.sh smoke     OUT   # install if needed; suite + Locust + router (emulated); UCX diagnosis
+#   bash bench/gpu_host_run.sh colocated OUT   # plans/one-gpu.yaml on vllm-colocated-1gpu (one GPU)
+#   bash bench/gpu_host_run.sh disagg    OUT   # plans/one-gpu.yaml on vllm-disagg-1gpu (one GPU, NIXL)
+#   PLAN=exp4-pd-vs-tp2-vs-dp2 bash bench/gpu_host_run.sh plan OUT [pdsuite run options]   # any plan (2+ GPUs)
 #
 # CHUNKS (default .gpu/chunks) holds the wheelhouse pieces, PREFIX (default .gpu/site) the install, MODEL_DIR a
 # folder with the model's config.json (dummy weights: no download). Each step ends in OUT/<step>.tgz (results).
 set -uo pipefail
-step=${1:?smoke|colocated|disagg}; out=${2:?output folder}
+step=${1:?smoke|colocated|disagg|plan}; out=${2:?output folder}
 cd "$(dirname "$0")/.."
 CHUNKS=${CHUNKS:-.gpu/chunks}; PREFIX=${PREFIX:-$PWD/.gpu/site}; MODEL_DIR=${MODEL_DIR:-/tmp/llama-3.1-8b}
 LIMIT_S=${LIMIT_S:-540}   # the whole step; SIGINT at the limit keeps every finished point
@@ -40,5 +41,10 @@ case "$step" in
     timeout -s INT "$LIMIT_S" python3 -m suite.cli run one-gpu --driver host --deployment "vllm-$step-1gpu" \
       "${pts[@]}" --out results; echo "run: exit $?"
     pack one-gpu ;;
+  plan)
+    shift 2
+    timeout -s INT "$LIMIT_S" python3 -m suite.cli run "${PLAN:?PLAN=name}" --driver host --out results "$@"
+    echo "run: exit $?"
+    pack "$(basename "${PLAN%.yaml}")" ;;
   *) echo "unknown step $step"; exit 2 ;;
 esac
