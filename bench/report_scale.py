@@ -3,7 +3,7 @@
     python bench/report_scale.py [--requests 1000000] [--out-tokens 8] [--bootstrap 1000]
 
 Generates a synthetic (emulated-labelled) results tree in a temp dir, then runs `pdsuite report` on it in a child
-process and reports its wall time and peak RSS (ru_maxrss of the child). Target (issue 5): < 15 s, < 2 GB on 2 cores.
+process and reports its wall time and peak RSS (child ru_maxrss). Target (docs/report.md): < 15 s, < 2 GB, 2 cores.
 """
 
 from __future__ import annotations

@@ -68,7 +68,7 @@ build() {  # build NAME TAG HASH CTX [build-arg...]
   local name=$1 tag=$2 h=$3 ctx=$4; shift 4
   local args=(); for a in "$@"; do args+=(--build-arg "$a"); done
   local t0; t0=$(date +%s)
-  # legacy builder: no buildx plugin and no frontend image needed (docker-ci.md); its output only on failure
+  # legacy builder: no buildx plugin and no frontend image needed (docs/ci.md); its output only on failure
   DOCKER_BUILDKIT=0 docker build --label "pdsuite.hash=$h" --build-arg "BASE_IMAGE=$BASE_IMAGE" "${args[@]}" \
     -t "$tag" "$ctx" >"$CACHE/build-$name.log" 2>&1 || { tail -n 40 "$CACHE/build-$name.log" >&2; exit 1; }
   log "$name: built $tag in $(( $(date +%s) - t0 ))s"

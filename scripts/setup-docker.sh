@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # setup-docker.sh - idempotent: Docker engine + Compose v2 plugin + running dockerd + a registry-free base image.
-# For a Debian 12 CI/dev machine without systemd or a container registry (../shared/notes/docker-ci.md).
+# For a Debian 12 CI/dev machine without systemd or a container registry (docs/ci.md).
 # Every step is skipped when its result is already there; on a machine that already has Docker and Compose v2
 # (a GPU host) it only checks them. Caches live under ~/.cache/pdsuite.
 set -euo pipefail

@@ -56,7 +56,7 @@ def request_phases(sent: float, first: float, spans: list[EngineSpan]) -> dict[s
                "prefill_engine": p.ttft_s - p.queue_s - p.prefill_s, "handoff": d.arrival - (p.arrival + p.ttft_s),
                "kv_wait": d.queue_s, "decode_first": d.prefill_s, "decode_engine": d.ttft_s - d.queue_s - d.prefill_s,
                "first_token_out": first - (d.arrival + d.ttft_s), "decode": d.decode_s}
-    elif len(spans) == 1:
+    elif len(spans) == 1 and spans[0].role not in ("prefill", "decode"):  # a lone P or D span is half a P/D path
         e = spans[0]
         out = {"router_in": e.arrival - sent, "prefill_queue": e.queue_s, "prefill_compute": e.prefill_s,
                "engine_other": e.ttft_s - e.queue_s - e.prefill_s, "first_token_out": first - (e.arrival + e.ttft_s),

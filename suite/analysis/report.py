@@ -228,7 +228,8 @@ def section(t, ds) -> dict:
         p.append("\nJoin: " + "; ".join(
             f"{i['deployment']} {i['point']} rep{i['rep']}: {i['joined']}/{i['ok']} ok requests"
             + (f", {i['unmatched_spans']} spans unmatched" if i["unmatched_spans"] else "")
-            + (f", {i['shape_mismatch']} with unexpected spans" if i["shape_mismatch"] else "") for i in joined) + "\n")
+            + (f", {i['shape_mismatch']} without a full set of spans (one engine's missing: exported after the point "
+               "ended, or never)" if i["shape_mismatch"] else "") for i in joined) + "\n")
     without = sorted({i["deployment"] for i in infos if not i["spans"]})
     if without:
         p.append(f"\nNo per-request spans from {', '.join(without)} (SGLang, or TRACING=off): their phases come "

@@ -1,5 +1,5 @@
 """Hardware profiles for the emulator's cost model. Calibration: docs/emulator.md and
-../shared/notes/reference-numbers.md (2x H100 80GB HBM3, NVLink, measured 2026-11-27)."""
+docs/kv-transfer.md with docs/data/ (2x H100 80GB HBM3, NVLink, measured 2026-11-27)."""
 
 from __future__ import annotations
 

@@ -1,8 +1,9 @@
 """SGLang 0.5.23: engine and router command lines, metric names and units, P/D quirks.
 
-Facts: ../shared/notes/engines.md. P/D: --disaggregation-mode prefill|decode, the prefill side runs the bootstrap
-server, both sides get the same bootstrap port, each its own --nccl-port; sglang-router injects
-bootstrap_host/port/room. Metrics need --enable-metrics; KV-transfer metrics are in ms and MB.
+Facts: SGLang's source (sglang/srt/server_args.py, sglang/srt/disaggregation/) and docs/gpu-runbook.md.
+P/D: --disaggregation-mode prefill|decode, the prefill side runs the bootstrap server, both sides get the same
+bootstrap port, each its own --nccl-port; sglang-router injects bootstrap_host/port/room. Metrics need
+--enable-metrics; KV-transfer metrics are in ms and MB.
 """
 
 from __future__ import annotations
@@ -218,7 +219,8 @@ class SGLang(Framework):
         "kv_cache_usage_ratio": MetricMap("sglang:token_usage", agg="mean"),
     }
     # ---- stand-in engine (suite/emulator): families exactly as SGLang 0.5.23 names, labels and buckets them
-    # (checked against ../shared/fixtures). key -> (family, type, help, label names, buckets, scale from s/bytes).
+    # (checked against tests/fixtures/sglang-0.5.23-metrics*.txt).
+    # key -> (family, type, help, label names, buckets, scale from s/bytes).
     emulator_handoff = "bootstrap_room"  # router injects bootstrap host/port/room; D waits for the room's KV
     emulator_error_style = "flat"  # {"object": "error", "message", "type", "param", "code"}
     emulator_created_series = False  # SGLang exports in multiprocess mode: no *_created samples

@@ -1,6 +1,7 @@
 """vLLM 0.33: engine and router command lines, metric names, P/D quirks.
 
-Facts: ../shared/notes/engines.md. P/D on one host uses NixlConnector (kv_producer / kv_consumer), each side
+Facts: vLLM's source (vllm/distributed/kv_transfer/kv_connector/factory.py, vllm/config/kv_transfer.py) and
+docs/gpu-runbook.md. P/D on one host uses NixlConnector (kv_producer / kv_consumer), each side
 with its own NIXL side-channel port; the CPU backend uses ExampleConnector over a shared folder.
 """
 
@@ -259,7 +260,7 @@ class VLLM(Framework):
         "kv_cache_usage_ratio": MetricMap("vllm:kv_cache_usage_perc", agg="mean"),
     }
     # ---- stand-in engine (suite/emulator): families it exposes, exactly as vLLM names, labels and buckets them
-    # (checked against ../shared/fixtures by tests/unit/test_emulator_metrics.py; NIXL ones from vLLM's
+    # (checked against tests/fixtures/vllm-0.32-cpu-* by tests/unit/test_emulator_metrics.py; NIXL ones from vLLM's
     # nixl_connector.py NixlPromMetrics). key -> (family, type, help, label names, buckets, scale from s/bytes).
     emulator_handoff = "nixl_pull"  # D pulls the KV from P's side channel named in P's kv_transfer_params
     emulator_error_style = "nested"  # {"error": {"message", "type", "param", "code"}}

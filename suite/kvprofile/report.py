@@ -1,4 +1,4 @@
-"""The report's KV-transfer section (issue 7): transfer time vs prompt tokens against link lines, TTFT(P/D)
+"""The report's KV-transfer section: transfer time vs prompt tokens against link lines, TTFT(P/D)
 decomposition per measured P/D point, share of TTFT spent in transfer, crossover per link, TCP-fallback warning.
 
 `section(tables, dataset)` is called by suite.report.render when this module exists; it returns

@@ -86,6 +86,8 @@ def report(ds, dep: str, point: str) -> dict:
 def _clean(o):
     if isinstance(o, dict):
         return {k: _clean(v) for k, v in o.items() if v is not None}
+    if isinstance(o, np.generic):  # a column without NaN stays int64 (all points closed-loop: concurrency)
+        o = o.item()
     if isinstance(o, float) and not math.isfinite(o):
         return None
     return o

@@ -164,7 +164,9 @@ def _point_row(pr: PointResult, path: Path, run: str, manifest: dict) -> dict:
             "arrival": w.arrival, "load_wall_s": pr.load_wall_s, "path": str(path), "n_requests": 0,
             "seed": w.seed, "duration_s": w.duration_s if w.duration_s is not None else math.nan,
             "offered_rps": _num((pr.native.get("load_summary") or {}).get("offered_rps")),
-            "classes": json.dumps(w.classes), "services": json.dumps(pr.services)}
+            "classes": json.dumps(w.classes), "services": json.dumps(pr.services),
+            "engine_versions": json.dumps(pr.engine_versions, sort_keys=True), "driver": pr.driver or "",
+            "caveat": pr.caveat or ""}
 
 
 class _Builder:

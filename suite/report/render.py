@@ -77,10 +77,24 @@ def _kv_hook(t: Tables, ds: Dataset) -> dict:
     return mod.section(t, ds) if hasattr(mod, "section") else {}
 
 
+def _engine_versions(ds: Dataset) -> list[str]:
+    """The engine versions the runner asked of the running engines (point.json engine_versions), per deployment:
+    what actually ran, which may differ from the image or package the settings name."""
+    if "engine_versions" not in ds.points:
+        return []
+    seen: dict[str, dict[str, set]] = {}
+    for dep, text in zip(ds.points["deployment"], ds.points["engine_versions"], strict=True):
+        for service, version in (json.loads(text) if isinstance(text, str) and text else {}).items():
+            seen.setdefault(dep, {}).setdefault(service, set()).add(version)
+    return [f"- engine versions of {dep} (reported by the engines): "
+            + ", ".join(f"{svc} `{' / '.join(sorted(v))}`" for svc, v in sorted(services.items())) + "\n"
+            for dep, services in sorted(seen.items())]
+
+
 def _environment(ds: Dataset) -> str:
+    out = _engine_versions(ds)
     if not ds.manifests:
-        return "_no manifest.json: environment unknown_\n"
-    out = []
+        return "".join(out) + "_no manifest.json: environment unknown_\n"
     for m in ds.manifests:
         out.append(f"### {m.get('plan', '?')} / {m.get('stamp', '?')} ({m.get('_path')})\n")
         out.append(f"- status: {m.get('status', '?')}; suite {m.get('suite_version', '?')}; "
@@ -167,6 +181,11 @@ def _banner(ds: Dataset) -> list[str]:
         lines.append("**EMULATED**: some or all inputs come from the suite's stand-in engine; their latencies "
                      "say nothing about real GPUs." + (" **Emulated and real runs are MIXED in this report.**"
                                                         if ds.mixed else ""))
+    if "caveat" in ds.points:  # what a deployment cannot show (e.g. P and D on one GPU), stated where it is read
+        for caveat, g in ds.points[ds.points["caveat"].fillna("") != ""].groupby("caveat", sort=True):
+            head, _, rest = caveat.partition(":")
+            deps = ", ".join(sorted(g["deployment"].unique()))
+            lines.append(f"**{head.upper()}** ({deps}):{rest}." if rest else f"**{caveat}** ({deps}).")
     if ds.partial:
         lines.append("**PARTIAL**: some points failed or the run did not complete; see Messages.")
     return lines

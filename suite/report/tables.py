@@ -17,6 +17,7 @@ from suite.stats.histogram import HistSample, merge
 LATENCY = {"ttft": (0.5, 0.9, 0.99), "itl": (0.5, 0.99), "tpot": (0.5, 0.99), "e2e": (0.5, 0.99)}
 COMPARED = (("ttft", 0.5), ("ttft", 0.99), ("tpot", 0.5), ("itl", 0.99), ("e2e", 0.99))
 BASELINE_TOPOLOGY = "colocated"
+SAME_GPU_BASELINE = {"disagg-1gpu": "colocated-1gpu"}  # P and D on one GPU compare with one engine on that GPU
 GROUP = ["deployment", "point", "cls"]
 # server-side components per request, in pipeline order; stages a framework lacks are simply absent. Not here:
 # kv_wait_s (D waiting for the KV overlaps P's queue and prefill) - it would double-count.
@@ -209,10 +210,11 @@ def _improvement(summary: pd.DataFrame, store: dict, b: int) -> pd.DataFrame:
     if summary.empty:
         return pd.DataFrame()
     for _, r in summary.iterrows():
-        if r["topology"] == BASELINE_TOPOLOGY:
+        if r["topology"] in SAME_GPU_BASELINE.values() or r["topology"] == BASELINE_TOPOLOGY:
             continue
+        topo = SAME_GPU_BASELINE.get(r["topology"], BASELINE_TOPOLOGY)
         base = summary[(summary["framework"] == r["framework"]) & (summary["backend"] == r["backend"])
-                       & (summary["topology"] == BASELINE_TOPOLOGY) & (summary["point"] == r["point"])
+                       & (summary["topology"] == topo) & (summary["point"] == r["point"])
                        & (summary["cls"] == r["cls"])]
         if base.empty:
             continue

@@ -1,4 +1,4 @@
-"""Where a plan's wall time goes: load generation, model load, and the runner's own overhead (issue 6 item 6).
+"""Where a plan's wall time goes: load generation, model load, and the runner's own overhead (docs/benchmarks.md).
 
 Definitions (also written into manifest.json `timings.definition` and shown in the report):
 - load generation = each point's *load window*: from the schedule's t0 (the arrival process starts; its first

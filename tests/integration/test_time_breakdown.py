@@ -79,7 +79,8 @@ def test_report_section(run, tmp_path):
     ds = load([run])
     out = render.write(ds, build(ds, {}, b=50), "t", tmp_path)
     md = (out / "report.md").read_text()
-    sec = md[md.index("## Where the time goes"):md.index("## Figures")]
+    start = md.index("## Where the time goes")
+    sec = md[start:md.index("\n## ", start + 1)]  # up to the next section (Figures come before it since headline-first)
     assert "EMULATED" in sec and "**emu-vllm-disagg / long**: TTFT" in sec and "D queue: KV transfer + wait" in sec
     assert "no GPU telemetry" in sec  # this host has no NVML: one note
     assert "H100 SXM" in sec and "emulator hardware profile" in sec  # roofline keyed by the emulator's profile

@@ -188,7 +188,7 @@ def test_healthchecks_and_router_gating(services):
             hc = svc.get("healthcheck")
             assert hc and hc["test"][0] == "CMD", svc_name
             assert "${BIND_ADDRESS:-127.0.0.1}" in hc["test"][-1], svc_name
-            assert int(re.sub(r"\D", "", hc["timeout"])) >= 10, svc_name  # busy 2-core CI box (docker-ci.md)
+            assert int(re.sub(r"\D", "", hc["timeout"])) >= 10, svc_name  # busy 2-core CI box (docs/ci.md)
         if dep.router:
             deps_on = services[dep.service("router")]["depends_on"]
             assert deps_on == {dep.service(e.name): {"condition": "service_healthy"} for e in dep.engines}

@@ -1,4 +1,4 @@
-"""Every family the emulator exposes matches the real engine's exposition (../shared/fixtures): name, type,
+"""Every family the emulator exposes matches the real engine's exposition (tests/fixtures/): name, type,
 help, label names and histogram buckets; units scale to the framework's native ones (SGLang ms / MB / GB/s)."""
 
 from pathlib import Path

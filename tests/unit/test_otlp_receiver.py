@@ -20,7 +20,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.trace import SpanKind
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from suite.telemetry.otlp import TraceReceiver, read_spans
+from suite.telemetry.otlp import TraceReceiver, export_request, read_spans
 
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
@@ -124,12 +124,12 @@ def test_spans_of_earlier_requests_go_outside_the_point(tmp_path):
     assert read_spans(tmp_path / "point.jsonl") == []
 
 
-REAL = sorted((Path(__file__).resolve().parents[1] / "fixtures").glob("vllm-*-spans*.jsonl"))
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+REAL = sorted(FIXTURES.glob("vllm-*/spans-*.jsonl"))  # vllm-<version>-<gpu>/spans-<deployment>-<point>.jsonl
 
 
 def test_stored_records_replay_identically(tmp_path):
     """export_request(records) is the inverse of what the receiver stores (used to replay captured spans)."""
-
     with TraceReceiver("127.0.0.1", 0) as rx:
         rx.sink(tmp_path / "a.jsonl")
         vllm_span(rx.endpoint)
@@ -139,8 +139,6 @@ def test_stored_records_replay_identically(tmp_path):
 
 
 def _replay(records, path):
-    from suite.telemetry.otlp import export_request
-
     with TraceReceiver("127.0.0.1", 0) as rx:
         rx.sink(path)
         body = export_request(records).SerializeToString()
@@ -149,7 +147,8 @@ def _replay(records, path):
     return sorted((dict(r, received_ns=None) for r in read_spans(path)), key=lambda r: r["span_id"])
 
 
-@pytest.mark.skipif(not REAL, reason="no captured vLLM spans in tests/fixtures (vllm-*-spans*.jsonl)")
+def test_real_spans_are_present():
+    assert {p.name for p in REAL} >= {"spans-colocated-rate6.jsonl", "spans-disagg-len2048.jsonl"}
 @pytest.mark.parametrize("fixture", REAL, ids=[p.name for p in REAL])
 def test_spans_a_real_vllm_emitted(fixture, tmp_path):
     """Spans captured from a real vLLM by this receiver go through it again unchanged and read as request spans."""
@@ -160,3 +159,34 @@ def test_spans_a_real_vllm_emitted(fixture, tmp_path):
     assert recs and _replay(recs, tmp_path / "r.jsonl") == want
     spans = [engine_span(r) for r in recs if r["name"] == "llm_request"]
     assert spans and all(s is not None and s.ttft_s >= s.queue_s >= 0 for s in spans)
+    roles = {s.role for s in spans}
+    assert roles in ({"colocated"}, {"prefill", "decode"}), roles
+    if "disagg" in fixture.name:  # vllm-router's id reaches P and D: each P span has its D span (one straggler)
+        by_id: dict = {}
+        for s in spans:
+            by_id.setdefault(s.request_id, []).append(s.role)
+        assert sum(sorted(r) == ["decode", "prefill"] for r in by_id.values()) == 5 and len(by_id) == 7
+        # P runs the prompt and one token (vllm-router sends it max_tokens=1); D the 32 the client asked for
+        assert all(s.prompt_tokens in (1024, 2048) and s.completion_tokens == {"prefill": 1, "decode": 32}[s.role]
+                   for s in spans)
+
+
+def test_real_straggler_goes_outside_the_next_point(tmp_path):
+    """Real spans of two repetitions in the order they arrived, with the sink switched at the second's start as the
+    runner does: the first's late D span (its request arrived before) is kept outside the points, not in rep1."""
+    spans = read_spans(FIXTURES / "vllm-0.26-h200" / "spans-disagg-len2048.jsonl")
+    rep0, rep1 = spans[:6], spans[6:]
+    start1 = min(r["start_ns"] for r in rep1 if r["attributes"]["gen_ai.usage.prompt_tokens"] == 2048
+                 and r["resource"]["pdsuite.role"] == "prefill")
+    with TraceReceiver("127.0.0.1", 0) as rx:
+        rx.outside(tmp_path / "outside.jsonl")
+        for path, since, recs in ((tmp_path / "rep0.jsonl", 0, rep0), (tmp_path / "rep1.jsonl", start1 - 10**6, rep1)):
+            rx.sink(path, since_ns=since)
+            for r in sorted(recs, key=lambda r: r["received_ns"]):  # one export per span, as they came
+                body = export_request([r]).SerializeToString()
+                urllib.request.urlopen(urllib.request.Request(rx.endpoint, body,
+                                                              {"Content-Type": "application/x-protobuf"}))
+            rx.settle(len(recs))
+    [late] = read_spans(tmp_path / "outside.jsonl")
+    assert late["span_id"] == rep1[0]["span_id"] and late["resource"]["pdsuite.role"] == "decode"
+    assert len(read_spans(tmp_path / "rep1.jsonl")) == 5
