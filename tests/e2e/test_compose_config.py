@@ -25,6 +25,8 @@ GPU_IDS = {  # host GPU ids each engine reserves, with PREFILL_GPU=2 DECODE_GPU=
     Topology.TP2: {"engine": ["2", "3"]},
     Topology.COLOCATED: {"engine": ["2"]},
     Topology.DP2: {"replica0": ["2"], "replica1": ["3"]},
+    Topology.DISAGG_1GPU: {"prefill": ["2"], "decode": ["2"]},  # one GPU: both on PREFILL_GPU
+    Topology.COLOCATED_1GPU: {"engine": ["2"]},
     Topology.P1D2: {"prefill": ["2", "3", "4"], "decode0": ["2", "3", "4"], "decode1": ["2", "3", "4"]},  # THIRD_GPU=4
     Topology.P2D1: {"prefill0": ["2", "3", "4"], "decode": ["2", "3", "4"], "prefill1": ["2", "3", "4"]},
 }
