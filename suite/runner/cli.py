@@ -49,6 +49,9 @@ def register(app: typer.Typer) -> None:
             fail(f"unknown backend {backend!r}: gpu, emu or cpu")
         if driver not in DRIVERS:
             fail(f"unknown driver {driver!r}: {', '.join(DRIVERS)}")
+        problem = _out_problem(out)  # before the plan is read: its warnings must not precede this error
+        if problem:
+            fail(f"--out {out}: {problem}")
         settings = load_settings(env_file)
         try:
             p = load_plan(plan, settings, backend or None)
@@ -63,9 +66,6 @@ def register(app: typer.Typer) -> None:
             fail(str(e))
         if driver != "compose" and any(n.startswith("cpu-") for n in names):
             fail("cpu-* deployments run in the vllm-cpu image: use --driver compose (or --backend gpu/emu)")
-        problem = _out_problem(out)
-        if problem:
-            fail(f"--out {out}: {problem}")
         resume_dir = None
         if resume:
             resume_dir = latest_run(out, p.name) if resume == "latest" else Path(resume)

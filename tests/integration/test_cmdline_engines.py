@@ -213,6 +213,7 @@ def test_check_cmdlines_cli_flags_bad_extra_args(monkeypatch, tmp_path):
 
     _need(get("vllm").parser_venv)
     monkeypatch.setenv("VLLM_EXTRA_ARGS", "--disable-log-requests")
+    (tmp_path / "none.env").write_text("")  # an empty settings file: the environment's value is the one rendered
     res = CliRunner().invoke(suite.cli.app, ["check-cmdlines", "--framework", "vllm",
                                              "--env-file", str(tmp_path / "none.env")])
     assert res.exit_code == 1, res.output
