@@ -4,7 +4,11 @@
    cudaIpcGetMemHandle / cudaIpcOpenMemHandle, what UCX's cuda_ipc transport needs).
 2. UCX's view: `ucx_info -d` (where the binary exists) lists the transports UCX built and found usable.
 3. NIXL between two spawned processes on the same GPU (the suite's own NIXL probe, P and D both on cuda:0), once per
-   UCX_TLS setting, with UCX_PROTO_INFO=y: which transport carried the reads and at what bandwidth.
+   UCX_TLS setting, with UCX_PROTO_INFO=y: which transport carried the reads and at what bandwidth; the UCX lines
+   of both processes that name a CUDA transport are kept, and one run at UCX_LOG_LEVEL=debug says why cuda_ipc
+   was (not) chosen.
+4. The host: what the GPU reports about virtualisation/addressing, the GPU topology, the UCX modules the wheel
+   bundles, /dev/shm, and the ptrace scope (UCX's cma and cuda_ipc both depend on the processes seeing each other).
 
     python bench/ucx_one_gpu.py --out results/ucx-one-gpu.json
 
@@ -14,8 +18,11 @@ Prints one JSON document; the docs quote it (docs/kv-transfer.md, "One GPU").
 from __future__ import annotations
 
 import argparse
+import contextlib
+import glob
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -47,8 +54,8 @@ import torch
 from suite.kvprofile.nixlprobe import nixl_probe
 from suite.kvprofile.probe import ProbeOptions
 from suite.modelcfg import load as load_model
-opts = ProbeOptions(tokens=(512, 2048, 8192), iters=5, warmup=2, nixl_point_s=8.0, timeout_s=120.0,
-                    nixl_devices=("cuda:0", "cuda:0"))
+opts = ProbeOptions(tokens={tokens!r}, iters=5, warmup=2, nixl_point_s=8.0, timeout_s=120.0,
+                    nixl_devices=("cuda:0", "cuda:0"), nixl_log_dir={logs!r})
 r = nixl_probe(torch, load_model("llama-3.1-8b"), opts, "cuda")
 print("NIXL_JSON " + json.dumps(r))
 """
@@ -63,11 +70,71 @@ def run(cmd: list[str], env: dict | None = None, timeout: float = 180) -> dict:
             "stdout": p.stdout}
 
 
+UCX_LINE = re.compile(r"cuda_ipc|cuda_copy|cuda|tcp/|sysv|posix|cma|unreachable|not reachable|ucp_get|rndv|"
+                      r"\bWARN\b|\bERROR\b", re.I)
+
+
+def ucx_lines(log_dir: Path, limit: int = 80) -> dict:
+    """Per child (P, D): the UCX/NIXL lines of its log that bear on the transport choice (bounded)."""
+    out = {}
+    for f in sorted(log_dir.glob("nixl-*.log")):
+        hits = [ln.rstrip()[:300] for ln in f.read_text(errors="replace").splitlines() if UCX_LINE.search(ln)]
+        out[f.stem] = {"lines": len(hits), "head": hits[:limit // 2], "tail": hits[-limit // 2:]}
+    return out
+
+
+def host_facts() -> dict:
+    facts: dict = {}
+    smi = shutil.which("nvidia-smi")
+    if smi:
+        q = run([smi, "-q"]).get("stdout", "")
+        facts["nvidia_smi_q"] = [ln.strip() for ln in q.splitlines()
+                                 if re.search(r"Virtualization|Host VGPU|Addressing|MIG|Persistence|Product Name|"
+                                              r"Driver Version|CUDA Version|Compute Mode|Confidential", ln)]
+        facts["topo"] = run([smi, "topo", "-m"]).get("stdout", "").splitlines()[:12]
+    libs = sorted({os.path.basename(p) for p in glob.glob(os.path.join(sys.prefix, "**", "libuct_*.so*"),
+                                                           recursive=True)})
+    for path in sys.path:
+        libs += sorted(os.path.basename(p) for p in glob.glob(os.path.join(path, "nixl*.libs", "ucx", "*.so*")))
+    facts["ucx_modules"] = sorted(set(libs))
+    for name, path in {"ptrace_scope": "/proc/sys/kernel/yama/ptrace_scope",
+                       "container": "/proc/1/cgroup"}.items():
+        try:
+            facts[name] = Path(path).read_text().strip()[:300]
+        except OSError as e:
+            facts[name] = f"unreadable: {e}"
+    facts["dockerenv"] = os.path.exists("/.dockerenv")
+    with contextlib.suppress(OSError):
+        st = os.statvfs("/dev/shm")
+        facts["dev_shm_gb"] = round(st.f_blocks * st.f_frsize / 1e9, 2)
+    facts["ulimit_memlock"] = run(["bash", "-c", "ulimit -l"]).get("stdout", "").strip()
+    facts["cap_eff"] = next((ln.split()[1] for ln in Path("/proc/self/status").read_text().splitlines()
+                             if ln.startswith("CapEff")), None)
+    return facts
+
+
+def nixl_run(tls: str, tokens: tuple, level: str, tmp: Path) -> dict:
+    logs = tmp / f"logs-{re.sub(r'[^A-Za-z0-9]+', '_', tls)}-{level}"
+    env = dict(os.environ, UCX_PROTO_INFO="y", UCX_LOG_LEVEL=level)
+    if tls != "(unset)":
+        env["UCX_TLS"] = tls
+    r = run([sys.executable, "-c", NIXL_CHILD.format(root=str(ROOT), tokens=tokens, logs=str(logs))], env=env,
+            timeout=240)
+    line = next((ln for ln in r.get("stdout", "").splitlines() if ln.startswith("NIXL_JSON ")), None)
+    probe = json.loads(line[len("NIXL_JSON "):]) if line else None
+    rows = [{k: x.get(k) for k in ("pattern", "tokens", "bytes", "gbps", "median_ms", "note") if k in x}
+            for x in (probe or {}).get("results", [])]
+    return {"rc": r.get("rc"), "ucx_log_level": level, "transports": (probe or {}).get("ucx_transports"),
+            "warning": (probe or {}).get("warning"), "note": (probe or {}).get("note"), "results": rows,
+            "stderr_tail": r.get("stderr_tail", [])[-6:], "ucx_lines": ucx_lines(logs) if logs.exists() else {}}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path)
     ap.add_argument("--tls", nargs="*",
                     default=["(unset)", "all", "cuda_ipc,cuda_copy,sm,self,tcp", "cuda_ipc,cuda_copy,self"])
+    ap.add_argument("--no-debug", dest="debug", action="store_false", help="skip the UCX_LOG_LEVEL=debug run")
     a = ap.parse_args()
     out: dict = {}
     with tempfile.TemporaryDirectory() as tmp:  # spawn re-imports __main__: the child must live in a file
@@ -82,21 +149,13 @@ def main() -> int:
         out["ucx_info_d"] = [ln for ln in d.get("stdout", "").splitlines() if "Transport:" in ln or "Device:" in ln]
     else:
         out["ucx_info_d"] = "ucx_info not on PATH (the nixl wheel bundles UCX libraries only)"
+    out["host"] = host_facts()
     out["nixl"] = {}
-    for tls in a.tls:
-        env = dict(os.environ, UCX_PROTO_INFO="y", UCX_LOG_LEVEL="info")
-        if tls != "(unset)":
-            env["UCX_TLS"] = tls
-        r = run([sys.executable, "-c", NIXL_CHILD.format(root=str(ROOT))], env=env, timeout=240)
-        line = next((ln for ln in r.get("stdout", "").splitlines() if ln.startswith("NIXL_JSON ")), None)
-        probe = json.loads(line[len("NIXL_JSON "):]) if line else None
-        rows = [{k: x.get(k) for k in ("pattern", "tokens", "bytes", "gbps", "median_ms", "note") if k in x}
-                for x in (probe or {}).get("results", [])]
-        out["nixl"][tls] = {"rc": r.get("rc"), "transports": (probe or {}).get("ucx_transports"),
-                            "warning": (probe or {}).get("warning"), "note": (probe or {}).get("note"),
-                            "results": rows, "stderr_tail": r.get("stderr_tail", [])[-6:],
-                            "cuda_ipc_log": [ln for ln in r.get("stderr_tail", []) + r.get("stdout_tail", [])
-                                             if "cuda_ipc" in ln][-6:]}
+    with tempfile.TemporaryDirectory() as tmp:
+        for tls in a.tls:
+            out["nixl"][tls] = nixl_run(tls, (512, 2048, 8192), "info", Path(tmp))
+        if a.debug:  # one small point, every UCX decision logged: why cuda_ipc was or was not taken
+            out["nixl_debug"] = nixl_run("(unset)", (512,), "debug", Path(tmp))
     text = json.dumps(out, indent=1)
     if a.out:
         a.out.parent.mkdir(parents=True, exist_ok=True)

@@ -21,6 +21,7 @@ import importlib.util
 import multiprocessing as mp
 import os
 import re
+import shutil
 import tempfile
 import time
 import traceback
@@ -143,6 +144,11 @@ def _run(model, opts, device: str) -> dict:
             _stop(procs["D"], 30.0 if end is not None else 0.5)
             _stop(procs["P"], 30.0 if end is not None else 0.5)
         d_log = _read(logs["D"])
+        if opts.nixl_log_dir:  # evidence for "which transport, and why": UCX's own lines, kept whole
+            os.makedirs(opts.nixl_log_dir, exist_ok=True)
+            for who, path in logs.items():
+                with contextlib.suppress(OSError):
+                    shutil.copyfile(path, os.path.join(opts.nixl_log_dir, f"nixl-{who}.log"))
         tables, tls = ucx_get_protocols(d_log)
         if tls:
             out["ucx_transports"] = tls

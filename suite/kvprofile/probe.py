@@ -67,6 +67,7 @@ class ProbeOptions:
     nixl_point_s: float = 20.0  # NIXL: stop a point after this many seconds of samples (marked truncated)
     nixl_devices: tuple[str, str] = ("cuda:0", "cuda:1")  # P's and D's GPU; ("cuda:0", "cuda:0"): one GPU
     timeout_s: float = 900.0
+    nixl_log_dir: str | None = None  # keep the NIXL children's logs (UCX output included) here
     nccl_env: tuple[tuple[str, str], ...] = ()  # (name, value) set for the workers, e.g. NCCL_P2P_NVL_CHUNKSIZE
     stream_repeats: int = 0  # > 0: also K coalesced sends back to back per point (no ack subtraction needed)
     copy_methods: tuple[str, ...] = ("copy_",)
