@@ -163,7 +163,9 @@ class VLLM(Framework):
         if eng.role in KV_ROLE:
             env |= {"VLLM_NIXL_SIDE_CHANNEL_HOST": "${BIND_ADDRESS}",
                     "VLLM_NIXL_SIDE_CHANNEL_PORT": f"${{{NIXL_PORT[eng.index]}}}",
-                    "UCX_TLS": "all", "UCX_NET_DEVICES": "all"}
+                    "UCX_TLS": "all", "UCX_NET_DEVICES": "all",
+                    # UCX: cuda_ipc GET off without NVLink, and NIXL READ is a GET: TCP on one GPU / PCIe
+                    "UCX_CUDA_IPC_ENABLE_GET_ZCOPY": "${UCX_CUDA_IPC_GET_ZCOPY}"}
             if dep.kvpool is not None:
                 env |= self.lmcache_env()
         return env

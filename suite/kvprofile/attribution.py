@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 TCP_FALLBACK_BPS = 5e9
 TCP_REMEDY = ("run P and D with network_mode: host, ipc: host and pid: host, make both GPUs visible to both "
               "containers (pin each engine with CUDA_VISIBLE_DEVICES / its GPU ordinal), set UCX_TLS=all (or include "
-              "cuda_ipc), and do not pass --enable-sleep-mode (it disables cuda_ipc); then check `pdsuite doctor`")
+              "cuda_ipc), set UCX_CUDA_IPC_ENABLE_GET_ZCOPY=y where P and D have no NVLink between them (one GPU, "
+              "PCIe: UCX turns cuda_ipc reads off there, and NIXL reads), and do not pass "
+              "--enable-sleep-mode (it disables cuda_ipc); then check `pdsuite doctor`")
 
 
 @dataclass(frozen=True)

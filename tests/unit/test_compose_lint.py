@@ -126,6 +126,8 @@ def test_nixl_side_channel_ports_distinct(services, name):
         for e in pd:
             env = services[dep.service(e.name)]["environment"]
             assert env["VLLM_NIXL_SIDE_CHANNEL_HOST"] == "${BIND_ADDRESS:-127.0.0.1}"
+            # NIXL READs; without this UCX serves no cuda_ipc reads off NVLink (one GPU, PCIe): KV over TCP
+            assert env["UCX_CUDA_IPC_ENABLE_GET_ZCOPY"] == "${UCX_CUDA_IPC_GET_ZCOPY:-y}"
 
 
 # Which host GPUs each engine of a topology must reserve (P = PREFILL_GPU, D = DECODE_GPU).

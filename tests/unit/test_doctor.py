@@ -95,3 +95,13 @@ def test_three_gpu_deployment_checks_order_and_presence():
     checks = diagnose("sglang-2p1d", Settings(HF_TOKEN="x"), FakeProbe(healthy()))
     assert [c.name for c in failures(checks)] == ["gpu2-memory"]  # GPU 2 of the fake host is busy
     assert any(c.name == "gpus" and c.detail.count("H100") == 3 for c in checks)
+
+
+def test_kv_read_warning_without_nvlink_only_when_get_zcopy_is_auto():
+    one_gpu = Settings(HF_TOKEN="x", UCX_CUDA_IPC_GET_ZCOPY="auto")
+    warned = [c for c in diagnose("vllm-disagg-1gpu", one_gpu, FakeProbe(healthy())) if c.name == "kv-read"]
+    assert warned and warned[0].status == "warn" and "TCP" in warned[0].detail
+    assert not [c for c in diagnose("vllm-disagg-1gpu", Settings(HF_TOKEN="x"), FakeProbe(healthy()))
+                if c.name == "kv-read"]  # default y: cuda_ipc reads forced on
+    nvlinked = [c for c in diagnose("vllm-disagg", one_gpu, FakeProbe(healthy())) if c.name == "kv-read"]
+    assert not nvlinked  # the fake host's GPU0<->GPU1 is NV18: UCX's auto already reads over cuda_ipc
