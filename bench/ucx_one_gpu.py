@@ -10,7 +10,8 @@
 4. The host: what the GPU reports about virtualisation/addressing, the GPU topology, the UCX modules the wheel
    bundles, /dev/shm, and the ptrace scope (UCX's cma and cuda_ipc both depend on the processes seeing each other).
 
-    python bench/ucx_one_gpu.py --out results/ucx-one-gpu.json
+    python bench/ucx_one_gpu.py --out results/ucx-one-gpu.json                       # UCX's default (auto)
+    python bench/ucx_one_gpu.py --get-zcopy y --tls "(unset)" --no-debug --out ...   # as the suite's engines run
 
 Prints one JSON document; the docs quote it (docs/kv-transfer.md, "One GPU").
 """
@@ -113,9 +114,9 @@ def host_facts() -> dict:
     return facts
 
 
-def nixl_run(tls: str, tokens: tuple, level: str, tmp: Path) -> dict:
+def nixl_run(tls: str, tokens: tuple, level: str, tmp: Path, get_zcopy: str) -> dict:
     logs = tmp / f"logs-{re.sub(r'[^A-Za-z0-9]+', '_', tls)}-{level}"
-    env = dict(os.environ, UCX_PROTO_INFO="y", UCX_LOG_LEVEL=level)
+    env = dict(os.environ, UCX_PROTO_INFO="y", UCX_LOG_LEVEL=level, UCX_CUDA_IPC_ENABLE_GET_ZCOPY=get_zcopy)
     if tls != "(unset)":
         env["UCX_TLS"] = tls
     r = run([sys.executable, "-c", NIXL_CHILD.format(root=str(ROOT), tokens=tokens, logs=str(logs))], env=env,
@@ -124,7 +125,8 @@ def nixl_run(tls: str, tokens: tuple, level: str, tmp: Path) -> dict:
     probe = json.loads(line[len("NIXL_JSON "):]) if line else None
     rows = [{k: x.get(k) for k in ("pattern", "tokens", "bytes", "gbps", "median_ms", "note") if k in x}
             for x in (probe or {}).get("results", [])]
-    return {"rc": r.get("rc"), "ucx_log_level": level, "transports": (probe or {}).get("ucx_transports"),
+    return {"rc": r.get("rc"), "ucx_log_level": level, "get_zcopy": get_zcopy,
+            "transports": (probe or {}).get("ucx_transports"),
             "warning": (probe or {}).get("warning"), "note": (probe or {}).get("note"), "results": rows,
             "stderr_tail": r.get("stderr_tail", [])[-6:], "ucx_lines": ucx_lines(logs) if logs.exists() else {}}
 
@@ -134,6 +136,8 @@ def main() -> int:
     ap.add_argument("--out", type=Path)
     ap.add_argument("--tls", nargs="*",
                     default=["(unset)", "all", "cuda_ipc,cuda_copy,sm,self,tcp", "cuda_ipc,cuda_copy,self"])
+    ap.add_argument("--get-zcopy", choices=("auto", "y", "n"), default="auto",
+                    help="UCX_CUDA_IPC_ENABLE_GET_ZCOPY: auto = UCX's default (cuda_ipc reads off without NVLink)")
     ap.add_argument("--no-debug", dest="debug", action="store_false", help="skip the UCX_LOG_LEVEL=debug run")
     a = ap.parse_args()
     out: dict = {}
@@ -153,9 +157,9 @@ def main() -> int:
     out["nixl"] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for tls in a.tls:
-            out["nixl"][tls] = nixl_run(tls, (512, 2048, 8192), "info", Path(tmp))
+            out["nixl"][tls] = nixl_run(tls, (512, 2048, 8192), "info", Path(tmp), a.get_zcopy)
         if a.debug:  # one small point, every UCX decision logged: why cuda_ipc was or was not taken
-            out["nixl_debug"] = nixl_run("(unset)", (512,), "debug", Path(tmp))
+            out["nixl_debug"] = nixl_run("(unset)", (512,), "debug", Path(tmp), a.get_zcopy)
     text = json.dumps(out, indent=1)
     if a.out:
         a.out.parent.mkdir(parents=True, exist_ok=True)

@@ -38,6 +38,7 @@ SETUP_S = 300.0  # P/D start: import torch + nixl, CUDA init, allocate, register
 # Below this a >= 64 MB point on GPUs did not go over NVLink/CUDA IPC (~250+ GB/s) or RDMA; TCP moves ~0.4-5 GB/s.
 SLOW_GBPS = 20.0
 SLOW_MIN_BYTES = 64 * 10**6
+GET_ZCOPY = "UCX_CUDA_IPC_ENABLE_GET_ZCOPY"
 FALLBACK_ADVICE = "run P and D with ipc/pid host, see docs/kv-transfer.md"
 _PROTO_HDR = re.compile(r"remote memory read|ucp_get", re.I)  # the table of ucp_get*, what a NIXL READ posts
 _TL = re.compile(r"\b([a-z][a-z0-9_]*)/([A-Za-z0-9_.:\-]+)")
@@ -96,8 +97,11 @@ def _run(model, opts, device: str) -> dict:
         "points": _plan(model, opts), "warmup": opts.warmup, "iters": opts.iters, "point_s": point_s,
         "xfer_s": max(60.0, 3 * point_s),  # one transfer still in progress after this: give up
         "setup_s": min(SETUP_S, total_s), "total_s": total_s, "op": DIRECTION,
+        # as the suite's vLLM P/D engines run (setting UCX_CUDA_IPC_GET_ZCOPY): UCX's own default serves no
+        # cuda_ipc READs without NVLink, so a one-GPU or PCIe pair would measure TCP
+        "ucx_env": {GET_ZCOPY: os.environ.get(GET_ZCOPY, "y")},
     }
-    out = {"available": True, "version": "unknown", "direction": DIRECTION, "results": [],
+    out = {"available": True, "version": "unknown", "direction": DIRECTION, "results": [], "ucx_env": spec["ucx_env"],
            "processes": f"P on {spec['dev_p']}, D on {spec['dev_d']}: two spawned processes"}
     ctx = mp.get_context("spawn")
     with tempfile.TemporaryDirectory(prefix="kvprobe-nixl-") as tmp:
@@ -273,9 +277,10 @@ def _nixl_version() -> str:
     return "unknown"
 
 
-def _open_agent(name: str, dev: str, report):
+def _open_agent(name: str, dev: str, report, ucx_env: dict):
     """(torch, a UCX nixl agent) with `dev` pinned; None after reporting ("import_error", why) if either is
     missing in this process."""
+    os.environ.update(ucx_env)  # before UCX reads its configuration (at agent creation)
     try:
         import torch
         from nixl._api import nixl_agent, nixl_agent_config
@@ -314,7 +319,7 @@ def _p_main(conn, spec: dict, log_path: str) -> None:
     keeps the buffer exported until D says done (or goes away). Always exits."""
     _redirect(log_path)
     with _child(conn, "P: ", (conn,), ignore=(EOFError,)):  # EOFError: D is gone, nothing left to serve
-        opened = _open_agent("P", spec["dev_p"], conn)
+        opened = _open_agent("P", spec["dev_p"], conn, spec["ucx_env"])
         if opened is None:
             return
         torch, agent = opened
@@ -337,7 +342,7 @@ def _d_main(p_conn, main_conn, spec: dict, log_path: str) -> None:
     os.environ.setdefault("UCX_PROTO_INFO", "y")  # UCX prints the protocol/transport it selects (to the log)
     # closing p_conn also ends P (its wait sees EOF) when D fails before saying done
     with _child(main_conn, "", (p_conn, main_conn)):
-        opened = _open_agent("D", spec["dev_d"], main_conn)
+        opened = _open_agent("D", spec["dev_d"], main_conn, spec["ucx_env"])
         if opened is None:
             return
         torch, agent = opened
