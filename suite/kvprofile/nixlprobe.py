@@ -198,8 +198,8 @@ def ucx_get_protocols(log_text: str) -> tuple[list[str], list[str]]:
             continue
         line = raw[i:].rstrip()
         cells = [c.strip() for c in line.strip("|").split("|")] if line.startswith("|") else []
-        if len(cells) == 2:  # header: | <ep config> | <operation and memory> |
-            in_get = bool(_PROTO_HDR.search(cells[1]))
+        if len(cells) in (1, 2):  # header: | [<ep config> |] <operation and memory> |  (UCX 1.19+: one cell)
+            in_get = bool(_PROTO_HDR.search(cells[-1]))
         if not in_get:
             continue
         lines.append(line)

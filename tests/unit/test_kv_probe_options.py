@@ -10,6 +10,7 @@ from suite.kvprofile import probe
 from suite.kvprofile.analysis import summarize
 from suite.kvprofile.probe import ProbeError, ProbeOptions, _nccl_report, best_copy, parse_env, run_probe
 
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 SWEEP = Path(__file__).resolve().parents[2] / "docs/data/kvprobe-h100x2-nccl-sweep.json"
 
 # shaped like NCCL 2.28's INFO lines (rank 0 of two, send/recv on connIndex 1, ring on 0)
@@ -180,3 +181,18 @@ def test_render_prints_the_nixl_table_ratios_and_warning():
 def test_render_shows_a_skipped_nixl_part():
     text = probe.render(_result_with_nixl({"available": False, "note": "skipped: nixl not importable (x)"}))
     assert "NIXL: skipped: nixl not importable (x)" in text and "NIXL coalesced" not in text
+
+
+@pytest.mark.parametrize(("log", "row"), [("auto", "software emulation | tcp/lo"),
+                                          ("get-zcopy-y", "zero-copy   | cuda_ipc/cuda")])
+def test_ucx_read_transport_of_the_real_one_gpu_runs(log, row):
+    """nixl 1.5.1's UCX on one H200 (D's log; the lines bench/ucx_one_gpu.py keeps: those naming a transport):
+    with UCX's default the READ of GPU memory is 'software emulation' over tcp/lo; with
+    UCX_CUDA_IPC_ENABLE_GET_ZCOPY=y it is cuda_ipc zero-copy."""
+    from suite.kvprofile.nixlprobe import ucx_get_protocols
+
+    text = (FIXTURES / "vllm-0.26-h200" / f"ucx-proto-info-one-gpu-{log}.log").read_text()
+    lines, tls = ucx_get_protocols(text)
+    assert lines[0].startswith("| remote memory read by ucp_get*(multi) into cuda/GPU0 from cuda/dev[1]")
+    assert row in lines[1]
+    assert ("cuda_ipc/cuda" in tls) == (log == "get-zcopy-y")
