@@ -1,7 +1,8 @@
 """Collect the figures docs/gpu-h200.md quotes from a results folder and its report, into one JSON file.
 
-    pdsuite report RESULTS --name NAME --out reports
-    python bench/gpu_results_json.py RESULTS reports/NAME --out docs/data/FILE.json [--ucx ucx-one-gpu.json]
+    pdsuite report RESULTS [RESULTS ...] --name NAME --out reports
+    python bench/gpu_results_json.py RESULTS [RESULTS ...] --report reports/NAME --out docs/data/FILE.json \
+        [--ucx ucx-one-gpu.json ...] [--figure PNG]
 """
 
 from __future__ import annotations
@@ -67,30 +68,35 @@ def sweep_figure(summary: list[dict], path: Path) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("results", type=Path)
-    ap.add_argument("report", type=Path)
+    ap.add_argument("results", type=Path, nargs="+", help="results/<plan>/<stamp> folders the report read")
+    ap.add_argument("--report", type=Path, required=True)
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--ucx", type=Path)
+    ap.add_argument("--ucx", type=Path, nargs="*", default=[], help="bench/ucx_one_gpu.py outputs")
     ap.add_argument("--figure", type=Path, help="TTFT vs input length of the len=* points (PNG)")
     a = ap.parse_args()
-    manifest = json.loads((a.results / "manifest.json").read_text())
-    points = sorted(a.results.glob("*/*/rep*/point.json"))
-    first = json.loads(points[0].read_text())
-    out = {"source": {"plan": manifest["plan"], "stamp": manifest["stamp"], "status": manifest["status"],
-                      "engine_versions": first.get("engine_versions"), "driver": first.get("driver"),
-                      "settings": {k: manifest["settings"].get(k) for k in ("MODEL", "LOAD_FORMAT", "VLLM_EXTRA_ARGS",
-                                                                           "SHARED_GPU_MEMORY_FRACTION",
-                                                                           "MAX_MODEL_LEN")}},
+    sources, prompts, fidelity = [], {}, []
+    for res in a.results:
+        manifest = json.loads((res / "manifest.json").read_text())
+        points = sorted(res.glob("*/*/rep*/point.json"))
+        first = json.loads(points[0].read_text())
+        sources.append({"plan": manifest["plan"], "stamp": manifest["stamp"], "status": manifest["status"],
+                        "deployments": sorted({p.parent.parent.parent.name for p in points}),
+                        "engine_versions": first.get("engine_versions"), "driver": first.get("driver"),
+                        "settings": {k: manifest["settings"].get(k) for k in (
+                            "MODEL", "LOAD_FORMAT", "VLLM_EXTRA_ARGS", "SHARED_GPU_MEMORY_FRACTION", "MAX_MODEL_LEN",
+                            "UCX_CUDA_IPC_GET_ZCOPY")}})
+        prompts |= {f"{manifest['stamp']}/{p.parent.relative_to(res)}": prompt_sources(p.parent) for p in points}
+        fidelity += [compare(p.parent) for p in points if "colocated" in p.parent.parent.parent.name]
+    out = {"source": sources,
            "summary": rows(a.report / "summary.csv", KEEP),
            "kv_transfer": rows(a.report / "kv_transfer.csv"),
            "roofline": rows(a.report / "roofline.csv"),
            "time_breakdown": rows(a.report / "time_breakdown.csv"),
            "gpu_telemetry": rows(a.report / "gpu_telemetry.csv"),
-           "prompt_tokens_by_source": {str(p.parent.relative_to(a.results)): prompt_sources(p.parent) for p in points},
-           "client_vs_engine_ttft": [compare(p.parent) for p in points
-                                     if "colocated" in p.parent.parent.parent.name]}
+           "prompt_tokens_by_source": prompts,
+           "client_vs_engine_ttft": fidelity}
     if a.ucx:
-        out["ucx_one_gpu"] = json.loads(a.ucx.read_text())
+        out["ucx_one_gpu"] = [json.loads(u.read_text()) for u in a.ucx]
     if a.figure:
         sweep_figure(out["summary"], a.figure)
     a.out.parent.mkdir(parents=True, exist_ok=True)

@@ -39,9 +39,10 @@ PROFILES: dict[str, Hardware] = {
                      link_bw=368e9, xfer_latency_s=0.1e-3, xfer_per_layer_s=2 * 17e-6),
     # H200 141GB, fitted to vLLM 0.26.0 on one H200 (Llama-3.1-8B shape, CUDA graphs, 2026-12-02):
     # bench/emulator_calibration.py -> docs/data/emulator-h200-fit.json (flops, mem_bw, step_overhead_s,
-    # prefill_fixed_s); the rest as h100 (same NVLink 4). tests/unit/test_emulator_h200.py keeps them in step.
-    "h200": Hardware(name="h200", flops=715.6e12, mem_bw=3.215e12, mem_bytes=141e9, mem_fraction=0.85,
-                     step_overhead_s=0.32e-3, prefill_floor_s=0.0, prefill_fixed_s=7.87e-3, tp_efficiency=0.9,
+    # prefill_fixed_s, prefill_floor_s); the rest as h100 (same NVLink 4). tests/unit/test_emulator_h200.py
+    # keeps them in step.
+    "h200": Hardware(name="h200", flops=705.4e12, mem_bw=3.210e12, mem_bytes=141e9, mem_fraction=0.85,
+                     step_overhead_s=0.116e-3, prefill_floor_s=9.0e-3, prefill_fixed_s=5.65e-3, tp_efficiency=0.9,
                      allreduce_latency_s=18e-6, link_bw=368e9, xfer_latency_s=0.1e-3, xfer_per_layer_s=2 * 17e-6),
     # A fast, tiny profile for tests and demos on CPUs: steps of ~1-2 ms with the tiny-llama config.
     "cpu-tiny": Hardware(name="cpu-tiny", flops=2e11, mem_bw=2e10, mem_bytes=4e9, mem_fraction=0.5,

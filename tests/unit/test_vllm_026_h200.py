@@ -234,3 +234,60 @@ def test_report_warns_that_overlapping_prompts_hit_the_prefix_cache(report):
     prompt from its prefix cache. The report must say so, since TTFT then understates prefill."""
     _, _, md = report
     assert "50% of prompt tokens came from the prefix cache although the workload shares no prefix" in md
+
+
+MIXED = F / "results-vllm-0.26-h200-mixed"  # the lab's mixed traffic at 2 req/s, co-located and P/D, 2 reps each
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory):
+    from suite.report import render
+    from suite.report.load import load
+    from suite.report.tables import build
+
+    ds = load([MIXED / "colocated", MIXED / "disagg"])
+    t = build(ds, {}, b=50)
+    out = render.write(ds, t, "mixed", tmp_path_factory.mktemp("mixed"))
+    return ds, t, (out / "report.md").read_text()
+
+
+def _by_source(rep: Path) -> dict[str, float]:
+    """Prompt tokens per source over the point, summed over the engines (raw text, after - before)."""
+    out: dict[str, float] = {}
+    for when, sign in (("after", 1), ("before", -1)):
+        for prom in (rep / "metrics" / when).glob("vllm-*-1gpu-*.prom"):
+            if "router" in prom.name:
+                continue
+            for line in prom.read_text().splitlines():
+                if line.startswith("vllm:prompt_tokens_by_source_total{"):
+                    src = line.split('source="')[1].split('"')[0]
+                    out[src] = out.get(src, 0.0) + sign * float(line.rsplit(" ", 1)[1])
+    return out
+
+
+@pytest.mark.parametrize("rep", ["rep0", "rep1"])
+def test_both_deployments_got_the_same_prompts_and_every_token_was_computed(rep):
+    """Paired repetitions on real engines: the co-located engine computed exactly the prompt tokens that P/D's D
+    received by KV transfer, and nothing came from a prefix cache (each point draws its own prompts)."""
+    co = _by_source(MIXED / "colocated" / "vllm-colocated-1gpu" / "rate=2" / rep)
+    pd_ = _by_source(MIXED / "disagg" / "vllm-disagg-1gpu" / "rate=2" / rep)
+    assert co["local_cache_hit"] == 0 and pd_["local_cache_hit"] == 0
+    assert co["local_compute"] > 30_000 and pd_["external_kv_transfer"] == co["local_compute"]
+    a = read_records(MIXED / "colocated" / "vllm-colocated-1gpu" / "rate=2" / rep / "requests.parquet")
+    b = read_records(MIXED / "disagg" / "vllm-disagg-1gpu" / "rate=2" / rep / "requests.parquet")
+    key = sorted((r.scheduled_s, r.input_tokens, r.max_tokens) for r in a)
+    assert key == sorted((r.scheduled_s, r.input_tokens, r.max_tokens) for r in b)  # one schedule, one draw
+    assert all(r.status == "ok" for r in a + b)
+
+
+def test_mixed_traffic_report_pd_on_one_gpu_over_tcp(mixed):
+    """P/D on one GPU with the KV over TCP (~0.45 GB/s): TTFT is seconds against ~0.1 s co-located, the report says
+    it loses TTFT p50 for both classes, and the TCP warning names the UCX setting that fixes it."""
+    ds, t, md = mixed
+    assert len(ds.requests) == 134 and not ds.emulated
+    imp = t.improvement[t.improvement["metric"] == "TTFT p50"]
+    assert len(imp) == 2 and (imp["significant"] & (imp["delta_pct"] > 1000)).all()
+    kv = t.kv[t.kv["deployment"] == "vllm-disagg-1gpu"]
+    per_token = kv["bytes_per_token"]
+    assert ((per_token > 131_072 * 0.99) & (per_token < 131_072 * 1.01)).all()  # 32 layers x 8 heads x 128 x K,V x bf16
+    assert "**TCP FALLBACK**" in md and "UCX_CUDA_IPC_ENABLE_GET_ZCOPY=y" in md
