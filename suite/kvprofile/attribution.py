@@ -50,7 +50,8 @@ class Attribution:
     requests: float | None
     transfer_s: float | None  # per request
     transfer_bytes: float | None  # per request
-    achieved_bps: float | None
+    achieved_bps: float | None  # bytes / summed transfer time: per transfer, waits behind other transfers included
+    point_bps: float | None  # bytes / the point's window: what the link carried while transfers overlapped
     components_s: dict[str, float | None]  # queue_p, prefill_p, transfer, first_decode, other
     ttft_s: float | None
     shares: dict[str, float]  # component / TTFT
@@ -70,7 +71,8 @@ def _per_request(h: HistDelta | None, requests: float | None) -> float | None:
 
 def attribute(prefill: RoleDeltas, decode: RoleDeltas, *, ttft_s: float | None = None, requests: float | None = None,
               expected_bps: float | None = None, kv_bytes_per_token: int | None = None,
-              prompt_tokens: float | None = None, span_phases: dict[str, float] | None = None) -> Attribution:
+              prompt_tokens: float | None = None, span_phases: dict[str, float] | None = None,
+              window_s: float | None = None) -> Attribution:
     """TTFT(P/D) = queue on P + prefill on P + KV transfer + first decode step, per request (means).
 
     ttft_s: the client-side mean TTFT (preferred; engine TTFTs miss the router). requests: P/D requests in the
@@ -78,6 +80,8 @@ def attribute(prefill: RoleDeltas, decode: RoleDeltas, *, ttft_s: float | None =
     kv_bytes_per_token + prompt_tokens (per request): checks the bytes moved against the KV size model.
     span_phases: mean per-request phases from the engines' own spans (suite/analysis/breakdown.py); where given,
     queue and prefill on P and D's first step come from them instead of the histograms.
+    window_s: the point's measured window (first send to last response, summed over repetitions): under load
+    transfers queue behind each other, so per-transfer bandwidth understates the link; bytes / window does not.
     """
     warnings: list[str] = []
     side = next((r for r in (decode, prefill) if "kv_transfer_s" in r.hist), None)
@@ -92,9 +96,12 @@ def attribute(prefill: RoleDeltas, decode: RoleDeltas, *, ttft_s: float | None =
     if xfer_t is None:
         warnings.append("no KV-transfer metrics in this point: is the connector's metrics export on, and did any "
                         "P/D request run?")
-    if bps is not None and bps < TCP_FALLBACK_BPS:
-        warnings.append(f"KV transfer achieved {bps / 1e9:.2f} GB/s: that is a TCP fallback, not NVLink/CUDA IPC. "
-                        f"Remedy: {TCP_REMEDY}.")
+    point_bps = xfer_b.sum / window_s if xfer_b and window_s else None
+    if bps is not None and bps < TCP_FALLBACK_BPS and (point_bps is None or point_bps < TCP_FALLBACK_BPS):
+        over = ("" if point_bps is None or point_bps <= 1.5 * bps else
+                f" per transfer ({point_bps / 1e9:.2f} GB/s over the point: transfers queued behind each other)")
+        warnings.append(f"KV transfer achieved {bps / 1e9:.2f} GB/s{over}: that is a TCP fallback, not NVLink/CUDA "
+                        f"IPC. Remedy: {TCP_REMEDY}.")
     elif bps is not None and expected_bps and bps < 0.25 * expected_bps:
         warnings.append(f"KV transfer achieved {bps / 1e9:.1f} GB/s, under a quarter of the {expected_bps / 1e9:.0f}"
                         " GB/s kvprobe measured on this link: per-descriptor overheads or a slower path dominate")
@@ -122,4 +129,5 @@ def attribute(prefill: RoleDeltas, decode: RoleDeltas, *, ttft_s: float | None =
         warnings.append("the components add up to more than the measured TTFT: the engines' histograms and the "
                         "client's requests probably cover different requests (warm-up or retries in the window)")
     return Attribution(requests=requests, transfer_s=transfer, transfer_bytes=nbytes, achieved_bps=bps,
+                       point_bps=point_bps,
                        components_s=comps, ttft_s=ttft_s, shares=shares, warnings=warnings)

@@ -98,3 +98,16 @@ def test_figures(tmp_path):
     a = plot_patterns(probe, tmp_path / "p.png")
     b = plot_kv_section(kv_section_data(M, probe), tmp_path / "s.png")
     assert a.read_bytes()[:4] == b.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_queued_transfers_report_the_link_rate_over_the_point():
+    """Under load a transfer's time includes its wait behind others (vLLM on one H200 over TCP: 0.01 GB/s per
+    transfer, 0.34 GB/s over the point). The warning says both; a fast link with queued transfers is no TCP."""
+    p, d = _pd(19.5, 169e6, n=118)  # rate=6 on tcp/lo: 118 transfers of 169 MB, 19.5 s each on average
+    a = attribute(p, d, ttft_s=26.0, window_s=2 * 29.0)
+    assert a.achieved_bps == pytest.approx(169e6 / 19.5) and a.point_bps == pytest.approx(118 * 169e6 / 58.0)
+    w = next(x for x in a.warnings if "TCP fallback" in x)
+    assert "0.01 GB/s per transfer (0.34 GB/s over the point" in w
+    p, d = _pd(2.0, 169e6, n=1000)  # 1000 transfers queued 2 s each, but 169 GB in 20 s: 8.5 GB/s on the link
+    a = attribute(p, d, ttft_s=2.1, window_s=20.0)
+    assert a.achieved_bps < 5e9 < a.point_bps and not any("TCP fallback" in x for x in a.warnings)
