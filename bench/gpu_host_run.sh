@@ -13,7 +13,14 @@ set -uo pipefail
 step=${1:?smoke|colocated|disagg|plan}; out=${2:?output folder}
 cd "$(dirname "$0")/.."
 CHUNKS=${CHUNKS:-.gpu/chunks}; PREFIX=${PREFIX:-$PWD/.gpu/site}; MODEL_DIR=${MODEL_DIR:-/tmp/llama-3.1-8b}
-LIMIT_S=${LIMIT_S:-540}   # the whole step; SIGINT at the limit keeps every finished point
+LIMIT_S=${LIMIT_S:-540}   # the whole step, install included; SIGINT at the limit keeps every finished point
+PACK_S=${PACK_S:-30}      # kept back from the run for its teardown and the results archive (a job's wall limit)
+started=$(date +%s)
+left() {  # seconds the run may take; timeout(1) reads 0 as "no limit", so none left ends the step here
+  local s=$(( LIMIT_S - ($(date +%s) - started) - PACK_S ))
+  if [ "$s" -le 0 ]; then echo "no time left for the run within LIMIT_S=$LIMIT_S" >&2; exit 1; fi
+  echo "$s"
+}
 mkdir -p "$out"
 if [ ! -f "$PREFIX/env.sh" ]; then
   t=$(date +%s); python3 scripts/wheelhouse.py install "$CHUNKS" --prefix "$PREFIX" --tmp "${TMPDIR:-/tmp}" || exit 1
@@ -38,12 +45,14 @@ case "$step" in
   colocated|disagg)
     [ "$step" = disagg ] && export UCX_PROTO_INFO=y  # the engines log the transport UCX picked per protocol
     pts=(); for p in ${POINTS:-}; do pts+=(--point "$p"); done  # POINTS="rate=2 rate=6": only these points
-    timeout -s INT "$LIMIT_S" python3 -m suite.cli run one-gpu --driver host --deployment "vllm-$step-1gpu" \
+    t=$(left) || exit 1
+    timeout -s INT "$t" python3 -m suite.cli run one-gpu --driver host --deployment "vllm-$step-1gpu" \
       "${pts[@]}" --out results; echo "run: exit $?"
     pack one-gpu ;;
   plan)
     shift 2
-    timeout -s INT "$LIMIT_S" python3 -m suite.cli run "${PLAN:?PLAN=name}" --driver host --out results "$@"
+    t=$(left) || exit 1
+    timeout -s INT "$t" python3 -m suite.cli run "${PLAN:?PLAN=name}" --driver host --out results "$@"
     echo "run: exit $?"
     pack "$(basename "${PLAN%.yaml}")" ;;
   *) echo "unknown step $step"; exit 2 ;;
