@@ -174,14 +174,17 @@ def diagnose(profile: str | None, settings, probe: Probe | None = None) -> list[
 
 
 def check_kv_read(dep, settings, checks: list[Check]) -> list[Check]:
-    """vLLM's NixlConnector READs the KV (a UCX GET); UCX's cuda_ipc serves GETs only where GPU 0 has active
+    """A connector that READs the KV (a UCX GET; vLLM's NixlConnector) gets cuda_ipc only where GPU 0 has active
     NVLink unless told otherwise, so on one GPU or PCIe-only GPUs the KV silently goes over TCP."""
-    if dep.framework != "vllm" or not dep.disaggregated or settings.UCX_CUDA_IPC_GET_ZCOPY != "auto":
+    from suite.frameworks.base import get
+
+    setting = get(dep.framework).kv_read_setting
+    if setting is None or not dep.disaggregated or getattr(settings, setting) != "auto":
         return []
     if any(c.name == "nvlink" and c.status == "ok" for c in checks):
         return []
-    return [Check("kv-read", "warn", "UCX_CUDA_IPC_GET_ZCOPY=auto without NVLink between P and D: UCX turns "
-                                     "cuda_ipc reads off and NIXL moves the KV over TCP (~0.5 GB/s); set it to y")]
+    return [Check("kv-read", "warn", f"{setting}=auto without NVLink between P and D: UCX turns cuda_ipc reads "
+                                     "off and NIXL moves the KV over TCP (~0.5 GB/s); set it to y")]
 
 
 def register(app: typer.Typer) -> None:

@@ -50,6 +50,9 @@ class Framework:
     # request quirk: /v1/completions through this framework's endpoint accepts `prompt: [token ids]`
     # (False: the load generator sends text of an exact token count instead)
     prompt_token_ids: ClassVar[bool] = True
+    # the Settings field that lets UCX's cuda_ipc serve READs without NVLink, where this framework's KV connector
+    # reads the KV (a UCX GET, off by default on one GPU / PCIe); None: its transfers write (cuda_ipc serves PUTs)
+    kv_read_setting: ClassVar[str | None] = None
 
     # ---- deployment -----------------------------------------------------------------------------
     def engine_args(self, dep: Deployment, eng: Engine) -> list[str]:

@@ -102,6 +102,7 @@ class VLLM(Framework):
     name = "vllm"
     image_setting = "VLLM_IMAGE"
     extra_args_setting = "VLLM_EXTRA_ARGS"
+    kv_read_setting = "UCX_CUDA_IPC_GET_ZCOPY"  # NixlConnector: D READs P's blocks
     entrypoint = None  # vllm/vllm-openai's entrypoint is ["vllm", "serve"]
     image_entrypoint = ["vllm", "serve"]
     version_path = "/version"  # {"version": "0.26.0"}
@@ -165,7 +166,7 @@ class VLLM(Framework):
                     "VLLM_NIXL_SIDE_CHANNEL_PORT": f"${{{NIXL_PORT[eng.index]}}}",
                     "UCX_TLS": "all", "UCX_NET_DEVICES": "all",
                     # UCX: cuda_ipc GET off without NVLink, and NIXL READ is a GET: TCP on one GPU / PCIe
-                    "UCX_CUDA_IPC_ENABLE_GET_ZCOPY": "${UCX_CUDA_IPC_GET_ZCOPY}"}
+                    "UCX_CUDA_IPC_ENABLE_GET_ZCOPY": f"${{{self.kv_read_setting}}}"}
             if dep.kvpool is not None:
                 env |= self.lmcache_env()
         return env
