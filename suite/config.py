@@ -96,7 +96,7 @@ class Settings(BaseModel):
         "y", pattern=r"^(y|n|auto)$",
         description="UCX_CUDA_IPC_ENABLE_GET_ZCOPY of the vLLM P/D engines. UCX turns cuda_ipc reads off (auto) "
         "when GPU 0 has no active NVLink - one GPU, PCIe-only hosts - and NIXL's READ, what vLLM's NixlConnector "
-        "posts, then falls back to TCP (0.5 GB/s against 470-1,380 GB/s on one H200, docs/kv-transfer.md).")
+        "posts, then falls back to TCP (NIXL probe on one H200: 0.5 GB/s, 466-1,381 GB/s with y; docs/kv-transfer.md).")
     VLLM_NIXL_PORT_PREFILL: int = _port(5600, "NIXL side-channel port of the vLLM prefill engine.")
     VLLM_NIXL_PORT_DECODE: int = _port(5601, "NIXL side-channel port of the vLLM decode engine.")
     VLLM_NIXL_PORT_THIRD: int = _port(5602, "NIXL side-channel port of the third vLLM engine (xPyD).")
